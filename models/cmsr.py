@@ -1,0 +1,201 @@
+"""CMSR — Controllable Multi-Scale Rendering (LMF §3.4, REFERENCE §4).
+
+LR cells whose modulations are small (low mean |shift modulation| = "simple" content) are
+rendered on a coarser grid and bilinearly upsampled; only complex cells are rendered at the
+target resolution. A Scale2Mod (S2M) table says, per target scale, up to which modulation mean
+each decode scale is accurate enough (built offline for an MSE threshold).
+
+Our version follows the official selection and merge rules exactly (so official tables give the
+official outputs) but always returns the target size and handles batches.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from utils.coords import make_coord
+from utils.errors import UserError
+
+from . import query as Q
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .decoder import ImplicitDecoder, Latent
+
+
+def _number(x: Any, what: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        raise UserError(f"Scale2Mod table: {what} must be a finite number, got {x!r}")
+    return float(x)
+
+
+class Scale2Mod:
+    """Target scale -> {decode scale: upper bound on the modulation mean}, keys ascending."""
+
+    def __init__(self, rows: Mapping[Any, Mapping[Any, Any]]) -> None:
+        if not isinstance(rows, Mapping) or not rows:
+            raise UserError("Scale2Mod table must be a non-empty mapping target scale -> {decode scale: threshold}")
+        parsed: dict[float, dict[float, float]] = {}
+        for target, row in rows.items():
+            t = _number(target, "a target scale")
+            if not isinstance(row, Mapping) or not row:
+                raise UserError(f"Scale2Mod table: row {target!r} must be a non-empty mapping decode scale -> threshold")
+            entries = {}
+            for d, thr in row.items():
+                d_ = _number(d, f"decode scale in row {target!r}")
+                if d_ <= 0:
+                    raise UserError(f"Scale2Mod table: decode scale {d!r} in row {target!r} must be > 0")
+                entries[d_] = _number(thr, f"threshold of decode scale {d!r} in row {target!r}")
+            parsed[t] = dict(sorted(entries.items()))
+        self.rows = dict(sorted(parsed.items()))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Scale2Mod":
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f)
+        except OSError as e:
+            raise UserError(f"cannot read Scale2Mod table {os.fspath(path)!r}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise UserError(f"Scale2Mod table {os.fspath(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        return cls(data)
+
+    def to_dict(self) -> dict[float, dict[float, float]]:
+        return {k: dict(v) for k, v in self.rows.items()}
+
+    def row_for(self, scale: float) -> dict[float, float]:
+        """The first row whose target is >= scale, else the largest (official rule)."""
+        for target, row in self.rows.items():
+            if target >= scale:
+                return row
+        return row
+
+    def levels(self, scale: float) -> tuple[list[float], list[float]]:
+        """Decode scales d_0 < ... < d_{L-1} and bounds [0, t(d_0), ..., t(d_{L-1})]."""
+        decode, bounds = [], [0.0]
+        for d, t in self.row_for(scale).items():
+            if d >= scale:
+                break
+            decode.append(d)
+            bounds.append(t)
+        if bounds[-1] < 1:
+            decode.append(scale)
+            bounds.append(1.0)
+        return decode, bounds
+
+
+@dataclass
+class CMSR:
+    """CMSR settings: the S2M table (and the MSE threshold it was built for, informative)."""
+
+    table: Scale2Mod
+    mse_threshold: float | None = None
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any] | "CMSR") -> "CMSR":
+        """The official ``cmsr_spec``: {'mse_threshold', 's2m_tables': {...}, 'log'?}, or a path."""
+        if isinstance(spec, CMSR):
+            return spec
+        if isinstance(spec, (str, os.PathLike)):
+            return cls(Scale2Mod.load(spec))
+        if not isinstance(spec, Mapping):
+            raise UserError(f"cmsr_spec must be a mapping, got {type(spec).__name__}")
+        unknown = set(spec) - {"mse_threshold", "s2m_tables", "log", "updating_scale"}
+        if unknown:
+            raise UserError(f"cmsr_spec: unknown key(s) {sorted(unknown)}; allowed: mse_threshold, s2m_tables, log")
+        if "updating_scale" in spec:
+            raise UserError("cmsr_spec: 'updating_scale' (table generation inside the model) is not "
+                            "supported; build tables with the table-generation script")
+        if "s2m_tables" not in spec:
+            raise UserError("cmsr_spec: missing 's2m_tables'")
+        tables = spec["s2m_tables"]
+        table = tables if isinstance(tables, Scale2Mod) else (
+            Scale2Mod.load(tables) if isinstance(tables, (str, os.PathLike)) else Scale2Mod(tables))
+        thr = spec.get("mse_threshold")
+        return cls(table, None if thr is None else float(thr))
+
+    # ------------------------------------------------------------------------------------
+    def decode(self, model: "ImplicitDecoder", lat: "Latent", coord: torch.Tensor, bsize: int,
+               stats: dict | None = None) -> torch.Tensor:
+        """Render (B, Q, 3) at ``coord`` with multi-scale rendering, image by image."""
+        outs, rendered = [], 0.0
+        for i in range(coord.shape[0]):
+            one = _slice_latent(lat, i)
+            out, cost = self._decode_one(model, one, coord[i:i + 1], bsize)
+            outs.append(out)
+            rendered += cost
+        q_total = coord.shape[0] * coord.shape[1]
+        if stats is not None:
+            stats["cmsr_rendered_fraction"] = rendered / q_total
+            stats["cmsr_skipped_fraction"] = 1.0 - rendered / q_total
+        return torch.cat(outs, dim=0)
+
+    def _decode_one(self, model: "ImplicitDecoder", lat: "Latent", coord: torch.Tensor,
+                    bsize: int) -> tuple[torch.Tensor, float]:
+        h, w = lat.hw
+        q = coord.shape[1]
+        scale = math.sqrt(q / h / w)
+        decode_scales, bounds = self.table.levels(scale)
+        n_levels = len(decode_scales)
+        mu = lat.complexity  # (1, 1, h, w)
+        mu_flat = mu.reshape(-1)
+        # the official level grids: feat_coord bilinearly resized (clamped near the border)
+        feat_coord = make_coord((h, w), flatten=False, device=coord.device).permute(2, 0, 1).unsqueeze(0)
+
+        active = [i for i in range(n_levels) if decode_scales[i] >= 1]
+        first, last = (active[0], active[-1]) if active else (0, -1)
+        levels = []  # (i, qh, qw, level coords, selected indices)
+        cost = 0.0
+        for i in active:
+            d = decode_scales[i]
+            qh, qw = int(h * d), int(w * d)
+            q_coord = F.interpolate(feat_coord, size=(qh, qw), mode="bilinear", align_corners=False,
+                                    antialias=False).permute(0, 2, 3, 1).reshape(1, qh * qw, 2)
+            row, col = Q.nearest_cell(q_coord, h, w)
+            m = mu_flat[(row * w + col).view(-1)]
+            if i == last:
+                sel = m >= bounds[i]
+            elif i == first:
+                sel = m <= bounds[i + 1]
+            else:
+                lo, hi = bounds[i], bounds[i + 1]
+                sel = (m - (hi + lo) / 2).abs() <= (hi - lo) / 2
+            idx = torch.nonzero(sel).view(-1)
+            cost += idx.numel() / ((scale / d) ** 2)
+            levels.append((i, qh, qw, q_coord, idx))
+
+        ret = lat.inp  # (1, 3, h, w): start from the LR image, coarse to fine
+        ret_flat, grid = None, None
+        for i, qh, qw, q_coord, idx in levels:
+            if idx.numel() == 0:
+                continue
+            d = decode_scales[i]
+            pts = q_coord[:, idx]
+            cell = torch.full_like(pts, 0.0)
+            cell[..., 0] = 2 / qh
+            cell[..., 1] = 2 / qw
+            cell = cell * max(d / model.max_train_scale, 1)
+            pred = Q.stream(lambda c, ce: model.query(lat, c, ce), pts, cell, bsize)
+            ret_flat = Q.sample_bilinear(ret, q_coord).clone()  # (1, qh*qw, 3)
+            ret_flat[:, idx] = pred.to(ret_flat.dtype)
+            ret = ret_flat.view(1, qh, qw, -1).permute(0, 3, 1, 2)
+            grid = (i, qh, qw)
+        if grid is not None and grid[0] == n_levels - 1 and decode_scales[-1] >= scale and grid[1] * grid[2] == q:
+            out = ret_flat  # the finest level is the target grid itself
+        else:
+            out = Q.sample_bilinear(ret, coord)
+        return out, cost
+
+
+def _slice_latent(lat: "Latent", i: int) -> "Latent":
+    from .decoder import Latent
+
+    return Latent(inp=lat.inp[i:i + 1], table=lat.table[i:i + 1],
+                  complexity=None if lat.complexity is None else lat.complexity[i:i + 1],
+                  extra={k: (v[i:i + 1] if torch.is_tensor(v) and v.shape[:1] == lat.inp.shape[:1] else v)
+                         for k, v in lat.extra.items()})

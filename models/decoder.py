@@ -1,0 +1,125 @@
+"""Base class of the LIIF-family models: encoder -> per-LR-cell latent -> per-query render.
+
+Every decoder splits its work into three stages that the benchmarks time separately:
+
+* :meth:`encode` — the encoder on the (normalised) LR image, once;
+* :meth:`latent` — per-LR-cell work (feature unfolding, LTE projections, LMF's latent MLP and
+  the folding of modulations), once, independent of the number of queries;
+* :meth:`render` — per-query work for one chunk of queries, through the shared query engine.
+
+No per-call state is kept on the module: the latent is returned and passed along explicitly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+from . import query as Q
+from .cmsr import CMSR
+
+
+@dataclass
+class Latent:
+    """Per-LR-cell state of one forward pass."""
+
+    inp: torch.Tensor                   # (B, 3, h, w) normalised LR input
+    table: torch.Tensor                 # (B, h*w, C) rows gathered per query
+    complexity: torch.Tensor | None = None  # (B, 1, h, w) CMSR's mean |shift modulation|
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return self.inp.shape[-2], self.inp.shape[-1]
+
+
+class ImplicitDecoder(nn.Module):
+    """Common forward/decoding logic; subclasses implement ``latent`` and ``render``."""
+
+    residual = False          # add the bilinear LR residual (LTE, LM-LTE)
+    default_bsize = Q.DEFAULT_BSIZE
+    max_train_scale = 4       # CMSR only acts beyond this scale (the training range)
+
+    def __init__(self, encoder_spec: Mapping[str, Any], cmsr_spec: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        from .registry import make  # late import: the registry module imports nothing from here
+
+        self.encoder = make(encoder_spec)
+        self.cmsr = CMSR.from_spec(cmsr_spec) if cmsr_spec is not None else None
+
+    # -- stages ---------------------------------------------------------------------------
+    def encode(self, inp: torch.Tensor) -> torch.Tensor:
+        return self.encoder(inp)
+
+    def latent(self, feat: torch.Tensor, inp: torch.Tensor, cell: torch.Tensor) -> Latent:
+        raise NotImplementedError
+
+    def render(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        """Per-query prediction (B, q, 3) for one chunk, without the LR residual."""
+        raise NotImplementedError
+
+    # -- composition ----------------------------------------------------------------------
+    def prepare(self, inp: torch.Tensor, cell: torch.Tensor) -> Latent:
+        return self.latent(self.encode(inp), inp, cell)
+
+    def query(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        out = self.render(lat, coord, cell)
+        if self.residual:
+            out = out + Q.sample_bilinear(lat.inp, coord)
+        return out
+
+    def decode(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor, bsize: int | None = None,
+               cmsr: CMSR | bool | None = None, stats: dict | None = None) -> torch.Tensor:
+        """All queries of ``coord``/``cell`` (B, Q, 2) -> (B, Q, 3), in chunks of ``bsize``."""
+        _check_queries(lat.inp, coord, cell)
+        cmsr = self.cmsr if cmsr is None or cmsr is True else (cmsr or None)
+        h, w = lat.hw
+        if cmsr is not None and lat.complexity is not None and not self.training \
+                and coord.shape[1] > (self.max_train_scale ** 2) * h * w:
+            return cmsr.decode(self, lat, coord, bsize or self.default_bsize, stats)
+        if self.training and bsize is None:
+            return self.query(lat, coord, cell)
+        return Q.stream(lambda c, ce: self.query(lat, c, ce), coord, cell, bsize or self.default_bsize)
+
+    def forward(self, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor,
+                bsize: int | None = None, cmsr: CMSR | bool | None = None,
+                stats: dict | None = None) -> torch.Tensor:
+        """``inp`` (B, 3, h, w) normalised; ``coord``/``cell`` (B, Q, 2) -> RGB (B, Q, 3).
+
+        ``cmsr``: None uses the model's own setting (``cmsr_spec``), False disables it, or a
+        :class:`CMSR`. ``stats`` (a dict) receives CMSR's skipped-render fraction.
+        """
+        _check_queries(inp, coord, cell)
+        return self.decode(self.prepare(inp, cell), coord, cell, bsize, cmsr, stats)
+
+
+def _check_queries(inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> None:
+    if inp.dim() != 4:
+        raise ValueError(f"inp must be (B, C, h, w), got shape {tuple(inp.shape)}")
+    if coord.dim() != 3 or coord.shape[-1] != 2 or coord.shape[0] != inp.shape[0]:
+        raise ValueError(f"coord must be (B, Q, 2) with B = {inp.shape[0]}, got {tuple(coord.shape)}")
+    if cell.shape != coord.shape:
+        raise ValueError(f"cell must have the shape of coord {tuple(coord.shape)}, got {tuple(cell.shape)}")
+
+
+def latent_cell(cell: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The cell that LMF's latent MLP sees, per LR cell: (B, h*w, 2) in LR-cell units.
+
+    The reference reads the cells of the first h*w queries (REFERENCE §9.4); queries of one
+    image share one cell, so we use the first query's cell for every LR cell (same numbers,
+    no Q >= h*w requirement).
+    """
+    return Q.rel_cell(cell[:, :1, :], h, w).expand(cell.shape[0], h * w, 2)
+
+
+def unfold3x3(feat: torch.Tensor) -> torch.Tensor:
+    """3x3 zero-padded neighbourhood of every cell, channel-major (c*9 + k): (B, 9C, h, w)."""
+    b, c, h, w = feat.shape
+    return torch.nn.functional.unfold(feat, 3, padding=1).view(b, c * 9, h, w)
+
+
+def as_table(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) map -> (B, h*w, C) per-cell rows."""
+    return x.flatten(2).transpose(1, 2).contiguous()

@@ -1,0 +1,77 @@
+"""LM-LIIF: LIIF with its big MLP moved to latent space (LMF, He & Jin, CVPR 2024).
+
+The latent MLP ("hypernet") runs once per LR cell on [unfolded feature, relative cell] and
+emits a 16-d latent code plus scale/shift modulations for every render layer. The render MLP
+(16 wide) runs per query on [latent code, relative coord, relative cell].
+
+Per-query cost is minimised by moving everything that depends only on the LR cell into the
+latent stage: the latent code's contribution to render layer 0 and the modulations folded into
+per-layer (a, c) pairs (see ``ModulatedMLP``). A query then only computes its 4-input part of
+layer 0 and the 16x16 hidden layers.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from . import query as Q
+from .decoder import ImplicitDecoder, Latent, as_table, latent_cell, unfold3x3
+from .registry import make, register
+
+
+def lm_dims(imnet_spec: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(hidden_dim, hidden_depth, mod_dim) of a render-MLP spec, as the official wrappers derive."""
+    a = imnet_spec.get("args", {})
+    hd, depth = int(a["hidden_dim"]), int(a["hidden_depth"])
+    per_layer = hd * (int(bool(a.get("mod_scale", True))) + int(bool(a.get("mod_shift", True))))
+    return hd, depth, per_layer * depth
+
+
+@register("lmliif")
+class LMLIIF(ImplicitDecoder):
+    default_bsize = 4096
+
+    def __init__(self, encoder_spec: Mapping[str, Any], imnet_spec: Mapping[str, Any] | None = None,
+                 hypernet_spec: Mapping[str, Any] | None = None, local_ensemble: bool = True,
+                 feat_unfold: bool = True, cell_decode: bool = True, mod_input: bool = False,
+                 cmsr_spec: Mapping[str, Any] | None = None) -> None:
+        super().__init__(encoder_spec, cmsr_spec)
+        if imnet_spec is None or hypernet_spec is None:
+            raise ValueError("lmliif: imnet_spec and hypernet_spec are required")
+        self.local_ensemble, self.feat_unfold = local_ensemble, feat_unfold
+        self.cell_decode, self.mod_input = cell_decode, mod_input
+        hd, _, self.mod_dim = lm_dims(imnet_spec)
+        c = self.encoder.out_dim
+        hyper_in = c * (9 if feat_unfold else 1) + (2 if cell_decode else 0)
+        hyper_out = self.mod_dim + (hd if mod_input else 0)
+        self.hypernet = make(hypernet_spec, args={"in_dim": hyper_in, "out_dim": hyper_out})
+        self.code_dim = hd if mod_input else c  # per-cell part of the render input
+        imnet_in = self.code_dim + 2 + (2 if cell_decode else 0)
+        self.imnet = make(imnet_spec, args={"in_dim": imnet_in, "mod_up_merge": False})
+
+    def latent(self, feat: torch.Tensor, inp: torch.Tensor, cell: torch.Tensor) -> Latent:
+        b, _, h, w = feat.shape
+        x = as_table(unfold3x3(feat) if self.feat_unfold else feat)
+        if self.cell_decode:
+            x = torch.cat([x, latent_cell(cell, h, w)], dim=-1)
+        mod = self.hypernet(x)  # (B, h*w, mod_dim [+ hd])
+        code = mod[..., self.mod_dim:] if self.mod_input else as_table(feat)
+        w0 = self.imnet.hidden(0)
+        layer0_bias = code @ w0.weight[:, : self.code_dim].t() + w0.bias
+        folded = self.imnet.fold(mod[..., : self.mod_dim], layer0_bias)
+        shifts = mod[..., self.imnet.shift_slice()]
+        complexity = shifts.abs().mean(-1).view(b, 1, h, w)
+        return Latent(inp=inp, table=folded.contiguous(), complexity=complexity)
+
+    def render(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        h, w = lat.hw
+        lk = Q.locate(coord, h, w, self.local_ensemble)
+        b, k, q = lk.index.shape
+        x = lk.rel_coord
+        if self.cell_decode:
+            x = torch.cat([x, Q.rel_cell(cell, h, w).unsqueeze(1).expand_as(x)], dim=-1)
+        folded = Q.gather(lat.table, lk.index)
+        pred = self.imnet.render(x.reshape(b * k * q, -1), folded.view(b * k * q, -1),
+                                 layer0_weight=self.imnet.hidden(0).weight[:, self.code_dim:])
+        return Q.ensemble(pred.view(b, k, q, -1), lk)

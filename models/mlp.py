@@ -1,0 +1,128 @@
+"""The two MLPs of the method: a plain MLP (LIIF/LTE decoders, LMF latent MLP) and the small
+*render* MLP whose hidden layers are modulated per query (LMF).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from .registry import register
+
+
+@register("mlp")
+class MLP(nn.Module):
+    """Linear/ReLU stack; state-dict keys ``layers.{0,2,...}`` as in the official code."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_list: Sequence[int]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        last = in_dim
+        for hidden in hidden_list:
+            layers += [nn.Linear(last, hidden), nn.ReLU(inplace=True)]
+            last = hidden
+        layers.append(nn.Linear(last, out_dim))
+        self.layers = nn.Sequential(*layers)
+        self.in_dim, self.out_dim = in_dim, out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape[:-1]
+        return self.layers(x.reshape(-1, x.shape[-1])).view(*shape, -1)
+
+
+@register("lmmlp")
+class ModulatedMLP(nn.Module):
+    """Render MLP: hidden layer l computes ``relu((W_l x + b_l) * (1 + S_l) + T_l)``.
+
+    A modulation vector holds the scales of all layers first, then the shifts
+    (``S_l = m[l*hd:(l+1)*hd]``, ``T_l = m[hd*depth + l*hd: ...]``), the official layout.
+
+    Rendering is split in two so that the per-query work is as small as possible:
+    :meth:`fold` runs once per LR cell and turns a modulation vector into per-layer
+    ``(a_l, c_l) = (1 + S_l, b_l * (1 + S_l) + T_l)``; :meth:`render` then only does
+    ``relu((W_l x) * a_l + c_l)`` per query. Layer 0 may also take a per-cell bias (the part
+    of its input that only depends on the LR cell, precomputed by the decoder).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, hidden_depth: int,
+                 mod_scale: bool = True, mod_shift: bool = True, mod_up_merge: bool = False,
+                 use_conv: bool = False) -> None:
+        super().__init__()
+        if mod_up_merge:
+            raise ValueError("lmmlp: mod_up_merge=True is not supported (all LMF decoders turn it off)")
+        if use_conv:
+            raise ValueError("lmmlp: use_conv=True is not supported (no LMF config uses it)")
+        self.hidden_dim, self.hidden_depth = hidden_dim, hidden_depth
+        self.mod_scale, self.mod_shift = bool(mod_scale), bool(mod_shift)
+        layers: list[nn.Module] = []
+        last = in_dim
+        for _ in range(hidden_depth):
+            layers += [nn.Linear(last, hidden_dim), nn.ReLU(inplace=True)]
+            last = hidden_dim
+        layers.append(nn.Linear(last, out_dim))
+        self.layers = nn.Sequential(*layers)
+        self.in_dim, self.out_dim = in_dim, out_dim
+
+    @property
+    def mod_dim(self) -> int:
+        """Length of one modulation vector (scales and/or shifts of every hidden layer)."""
+        return self.hidden_dim * self.hidden_depth * (int(self.mod_scale) + int(self.mod_shift))
+
+    @property
+    def folded_dim(self) -> int:
+        return 2 * self.hidden_dim * self.hidden_depth
+
+    def hidden(self, l: int) -> nn.Linear:
+        return self.layers[2 * l]
+
+    def shift_slice(self) -> slice:
+        """Channels of a modulation vector that hold the shifts (CMSR's complexity measure)."""
+        start = self.hidden_dim * self.hidden_depth if (self.mod_scale and self.mod_shift) else 0
+        return slice(start, start + self.hidden_dim * self.hidden_depth)
+
+    def fold(self, mod: torch.Tensor, layer0_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., mod_dim) modulations -> (..., 2*hd*depth) per-layer [a_l | c_l] blocks.
+
+        ``layer0_bias`` (..., hd) replaces the bias of layer 0 (it then includes the
+        per-cell part of the first layer's input).
+        """
+        hd, depth = self.hidden_dim, self.hidden_depth
+        lead = mod.shape[:-1]
+        if self.mod_scale:
+            scale = mod[..., : hd * depth].reshape(*lead, depth, hd) + 1.0
+        else:
+            scale = mod.new_ones(*lead, depth, hd)
+        if self.mod_shift:
+            start = hd * depth if self.mod_scale else 0
+            shift = mod[..., start: start + hd * depth].reshape(*lead, depth, hd)
+        else:
+            shift = mod.new_zeros(*lead, depth, hd)
+        bias = torch.stack([self.hidden(l).bias for l in range(depth)])  # (depth, hd)
+        if layer0_bias is not None:
+            bias = bias.expand(*lead, depth, hd)
+            bias = torch.cat([layer0_bias.unsqueeze(-2), bias[..., 1:, :]], dim=-2)
+        a = scale
+        c = bias * scale + shift
+        return torch.stack([a, c], dim=-2).reshape(*lead, 2 * hd * depth)
+
+    def render(self, x: torch.Tensor, folded: torch.Tensor,
+               layer0_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-query pass: x (N, in) with per-query folded modulations (N, 2*hd*depth)."""
+        hd = self.hidden_dim
+        w0 = self.hidden(0).weight if layer0_weight is None else layer0_weight
+        h = x @ w0.t()
+        for l in range(self.hidden_depth):
+            if l > 0:
+                h = h @ self.hidden(l).weight.t()
+            base = 2 * hd * l
+            h = torch.addcmul(folded[:, base + hd: base + 2 * hd], h, folded[:, base: base + hd])
+            h = torch.relu_(h) if not h.requires_grad else torch.relu(h)
+        return self.layers[-1](h)
+
+    def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        """Official call: x (..., in_dim) with one modulation vector per row (..., mod_dim)."""
+        shape = x.shape[:-1]
+        x = x.reshape(-1, x.shape[-1])
+        folded = self.fold(mod.reshape(-1, mod.shape[-1]))
+        return self.render(x, folded).view(*shape, -1)

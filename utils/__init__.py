@@ -1,0 +1,1 @@
+"""Low-level helpers shared by models, datasets and the entry scripts (imports nothing above it)."""

@@ -122,7 +122,12 @@ class CMSR:
     # ------------------------------------------------------------------------------------
     def decode(self, model: "ImplicitDecoder", lat: "Latent", coord: torch.Tensor, bsize: int,
                stats: dict | None = None) -> torch.Tensor:
-        """Render (B, Q, 3) at ``coord`` with multi-scale rendering, image by image."""
+        """Render (B, Q, 3) at ``coord`` with multi-scale rendering, image by image.
+
+        ``stats`` receives the fraction of render queries done / skipped relative to rendering
+        all Q queries (the official log's "valid mask" divides by (S/d)² instead, which is not
+        a cost; we report plain query counts).
+        """
         outs, rendered = [], 0.0
         for i in range(coord.shape[0]):
             one = _slice_latent(lat, i)
@@ -166,7 +171,7 @@ class CMSR:
                 lo, hi = bounds[i], bounds[i + 1]
                 sel = (m - (hi + lo) / 2).abs() <= (hi - lo) / 2
             idx = torch.nonzero(sel).view(-1)
-            cost += idx.numel() / ((scale / d) ** 2)
+            cost += idx.numel()
             levels.append((i, qh, qw, q_coord, idx))
 
         ret = lat.inp  # (1, 3, h, w): start from the LR image, coarse to fine

@@ -1,0 +1,177 @@
+"""Folders of images: ``image-folder`` and ``paired-image-folders``.
+
+The file list is the sorted listing of ``root_path`` restricted to image files (known image
+extensions; hidden files, sub-folders and other files such as ``.txt`` are skipped), or the
+list ``split_file[split_key]`` of a JSON split file; then truncated to ``first_k``. Item ``i``
+is file ``i mod n`` and ``len = n * repeat``. Items are (3, H, W) float32 tensors in [0, 1]
+(see :mod:`utils.images` for how modes are converted).
+
+``cache``:
+
+* ``none``: decode from disk on every access.
+* ``in_memory``: decode every file once at construction (as uint8 where the file is 8-bit, a
+  quarter of the reference's float memory; the tensors returned are identical).
+* ``bin``: decode once into ``.npy`` files and load those afterwards. The reference pickles
+  into a sibling folder ``_bin_<folder name>``; here the arrays are written with ``np.save``
+  and read with ``allow_pickle=False`` (never pickle), atomically, and rebuilt when the image
+  is newer than its cache file. The cache folder is that sibling folder, or
+  ``cache_dir/_bin_<folder name>_<hash of the folder path>`` when ``cache_dir`` is given
+  (use it when the data folder is read-only). Unlike the reference, grayscale files work.
+
+Errors are one-line ``UserError``\\ s naming the path: missing folder, a folder with no image
+files, a split file that is missing or lacks the key, a listed file that does not exist, and a
+file that cannot be decoded (at construction for ``in_memory``/``bin``, at access for
+``none``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datasets import register
+from utils.errors import SpecError, UserError
+from utils.images import array_to_tensor, read_image
+
+IMAGE_EXTENSIONS = frozenset({
+    ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
+    ".gif", ".tga",
+})
+CACHE_MODES = ("none", "in_memory", "bin")
+
+
+def list_images(root: Path) -> list[str]:
+    """Sorted names of the image files directly inside ``root`` (hidden files skipped)."""
+    return sorted(name for name in os.listdir(root)
+                  if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+                  and (root / name).is_file())
+
+
+def _read_split(split_file: str, split_key: str | None) -> list[str]:
+    try:
+        with open(split_file, encoding="utf-8") as f:
+            split = json.load(f)
+    except OSError as e:
+        raise UserError(f"cannot read split file {split_file}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise UserError(f"split file {split_file} is not valid JSON: {e}") from None
+    if not isinstance(split, dict) or split_key not in split:
+        keys = ", ".join(map(str, split)) if isinstance(split, dict) else "none (not a JSON object)"
+        raise UserError(f"split file {split_file} has no key {split_key!r}; keys: {keys}")
+    names = split[split_key]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UserError(f"split file {split_file}: {split_key!r} must be a list of file names")
+    return names
+
+
+@register("image-folder")
+class ImageFolder(Dataset):
+    """The images of one folder, as (3, H, W) float tensors in [0, 1]."""
+
+    def __init__(self, root_path: str, split_file: str | None = None, split_key: str | None = None,
+                 first_k: int | None = None, repeat: int = 1, cache: str = "none",
+                 cache_dir: str | None = None) -> None:
+        if cache not in CACHE_MODES:
+            raise SpecError(f"image-folder: cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
+        if not isinstance(repeat, int) or repeat < 1:
+            raise SpecError(f"image-folder: repeat must be a positive integer, got {repeat!r}")
+        if first_k is not None and (not isinstance(first_k, int) or first_k < 0):
+            raise SpecError(f"image-folder: first_k must be a non-negative integer, got {first_k!r}")
+        self.root = Path(root_path)
+        if not self.root.is_dir():
+            what = "is not a folder" if self.root.exists() else "does not exist"
+            raise UserError(f"image folder {self.root} {what}")
+        names = list_images(self.root) if split_file is None else _read_split(split_file, split_key)
+        if first_k is not None:
+            names = names[:first_k]
+        if not names:
+            raise UserError(f"image folder {self.root} contains no image files"
+                            + (f" (first_k={first_k})" if first_k == 0 else ""))
+        self.files = [self.root / n for n in names]
+        for p in self.files:
+            if not p.is_file():
+                raise UserError(f"image {p} listed in split file {split_file} does not exist")
+        self.repeat = repeat
+        self.cache = cache
+        self._arrays: list[np.ndarray] | None = None
+        self._npy: list[Path] | None = None
+        if cache == "in_memory":
+            self._arrays = [read_image(p) for p in self.files]
+        elif cache == "bin":
+            self._npy = self._build_bin(cache_dir)
+
+    def _bin_folder(self, cache_dir: str | None) -> Path:
+        if cache_dir is None:
+            return self.root.parent / f"_bin_{self.root.name}"
+        tag = hashlib.sha1(str(self.root.resolve()).encode()).hexdigest()[:8]
+        return Path(cache_dir) / f"_bin_{self.root.name}_{tag}"
+
+    def _build_bin(self, cache_dir: str | None) -> list[Path]:
+        folder = self._bin_folder(cache_dir)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create cache folder {folder} ({e.strerror or e}); "
+                            "set cache_dir to a writable folder or use cache: in_memory") from None
+        out = []
+        for p in self.files:
+            npy = folder / (p.name + ".npy")
+            if not npy.is_file() or npy.stat().st_mtime < p.stat().st_mtime:
+                arr = read_image(p)
+                tmp = folder / f".{npy.name}.{uuid.uuid4().hex[:8]}.tmp"
+                try:
+                    with open(tmp, "xb") as f:
+                        np.save(f, arr, allow_pickle=False)
+                    os.replace(tmp, npy)
+                except OSError as e:
+                    tmp.unlink(missing_ok=True)
+                    raise UserError(f"cannot write cache file {npy}: {e.strerror or e}") from None
+            out.append(npy)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.files) * self.repeat
+
+    def __getitem__(self, idx: int) -> torch.Tensor:
+        if not -len(self) <= idx < len(self):
+            raise IndexError(f"index {idx} out of range for a dataset of {len(self)} items")
+        i = idx % len(self.files)
+        if self._arrays is not None:
+            return array_to_tensor(self._arrays[i])
+        if self._npy is not None:
+            try:
+                arr = np.load(self._npy[i], allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise UserError(f"cannot read cache file {self._npy[i]}: {e}; delete it to rebuild") from None
+            return array_to_tensor(arr)
+        return array_to_tensor(read_image(self.files[i]))
+
+
+@register("paired-image-folders")
+class PairedImageFolders(Dataset):
+    """LR (``root_path_1``) and HR (``root_path_2``) folders paired by sorted index."""
+
+    def __init__(self, root_path_1: str, root_path_2: str, split_file: str | None = None,
+                 split_key: str | None = None, first_k: int | None = None, repeat: int = 1,
+                 cache: str = "none", cache_dir: str | None = None) -> None:
+        kw: dict[str, Any] = dict(split_file=split_file, split_key=split_key, first_k=first_k,
+                                  repeat=repeat, cache=cache, cache_dir=cache_dir)
+        self.dataset_1 = ImageFolder(root_path_1, **kw)
+        self.dataset_2 = ImageFolder(root_path_2, **kw)
+        n1, n2 = len(self.dataset_1.files), len(self.dataset_2.files)
+        if n1 != n2:
+            raise UserError(f"paired folders differ in size: {root_path_1} has {n1} images, "
+                            f"{root_path_2} has {n2}")
+
+    def __len__(self) -> int:
+        return len(self.dataset_1)
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.dataset_1[idx], self.dataset_2[idx]

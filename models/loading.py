@@ -1,0 +1,32 @@
+"""Build a model from a checkpoint file or dict (official layout or ours)."""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+from utils.checkpoint import load_checkpoint, model_spec
+from utils.errors import CheckpointError, SpecError
+
+from .registry import make
+
+
+def load_model(source: str | os.PathLike | Mapping[str, Any], device: torch.device | str = "cpu",
+               cmsr_spec: Mapping[str, Any] | str | None = None, eval_mode: bool = True) -> nn.Module:
+    """Load ``source`` (a path or a loaded checkpoint dict) onto ``device``.
+
+    ``cmsr_spec`` (official dict or a table path) switches CMSR on for LMF models.
+    """
+    path = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "checkpoint"
+    ckpt = load_checkpoint(source, map_location="cpu") if isinstance(source, (str, os.PathLike)) else source
+    spec = model_spec(ckpt, path)
+    if cmsr_spec is not None:
+        spec["args"]["cmsr_spec"] = cmsr_spec
+    try:
+        model = make(spec, load_sd=True)
+    except SpecError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    model = model.to(device)
+    return model.eval() if eval_mode else model

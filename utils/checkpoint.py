@@ -1,0 +1,80 @@
+"""Safe checkpoint I/O: ``torch.load(weights_only=True)`` only, atomic writes, clear errors.
+
+Layout (official LIIF/LTE/LMF): ``{'model': {'name', 'args', 'sd'}, 'optimizer': {...},
+'epoch': int}``; our training adds resume state next to it. A checkpoint can never run code:
+anything that is not plain tensors/containers is refused by the weights-only unpickler.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from typing import Any, Mapping
+
+import torch
+
+from utils.errors import CheckpointError
+
+# arguments that released official configs carried but that the constructors never took
+LEGACY_MODEL_ARGS = ("mixed_le",)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint file safely; raise CheckpointError with one clear line otherwise."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint path is a directory: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"refusing to load {path}: it is not a plain-weights checkpoint "
+                              f"(weights_only load failed: {first[:160]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError,
+            ImportError, TypeError, KeyError, IndexError, MemoryError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({msg[:160]})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is not a checkpoint: expected a dict, got {type(ckpt).__name__}")
+    return ckpt
+
+
+def model_spec(ckpt: Mapping[str, Any], path: str = "checkpoint") -> dict:
+    """The ``{'name', 'args', 'sd'}`` model spec of a checkpoint, with legacy args dropped."""
+    spec = ckpt.get("model")
+    if not isinstance(spec, Mapping) or not {"name", "args", "sd"} <= set(spec):
+        raise CheckpointError(f"{path} has no model spec: expected ckpt['model'] = "
+                              "{'name', 'args', 'sd'} (the LIIF/LTE/LMF layout)")
+    args = {k: v for k, v in dict(spec["args"] or {}).items() if k not in LEGACY_MODEL_ARGS}
+    return {"name": spec["name"], "args": args, "sd": spec["sd"]}
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A crash at any moment leaves either the old file or the new one, never a partial file.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass

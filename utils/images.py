@@ -1,0 +1,115 @@
+"""Reading and writing images with Pillow, as (3, H, W) float tensors in [0, 1].
+
+Decoding follows the reference pipeline (PIL ``convert('RGB')`` then ``ToTensor``, i.e. a
+float32 division of the uint8 values by 255), so tensors are bit-identical to the official
+ones for 8-bit files. Choices a reader should know:
+
+* Every mode becomes RGB: grayscale is replicated to three channels, palette images are
+  expanded, CMYK/YCbCr/LAB are converted by Pillow.
+* Alpha (RGBA, LA, PA, ...) is **dropped**, not composited over a background (same as
+  ``convert('RGB')``).
+* 16-bit / 32-bit integer grayscale (``I;16*``, ``I``) is divided by 65535 (clipped to [0, 1])
+  instead of Pillow's clipping to 255, and kept as float32 (no 8-bit quantisation); an 8-bit
+  image stored as 16 bit (v * 257) gives exactly the same floats as the 8-bit file. ``F``
+  (float) images are taken as already in [0, 1] and clipped.
+* EXIF orientation is **not** applied: pixels are used in stored order, as the reference does.
+* Pillow's decompression-bomb *warning* is an error here too (images above
+  ``PIL.Image.MAX_IMAGE_PIXELS``, about 89 Mpx by default).
+* Any failure to read a file is a one-line ``UserError`` naming the file.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from utils.errors import UserError
+
+__all__ = ["read_image", "array_to_tensor", "load_image", "save_image"]
+
+_HIGH_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8, or float32 in [0, 1] for >8-bit / float sources."""
+    if img.mode in _HIGH_BIT_MODES or img.mode == "F":
+        scale = 1.0 if img.mode == "F" else 65535.0
+        a = np.asarray(img, dtype=np.float64) / scale
+        a = np.clip(a, 0.0, 1.0).astype(np.float32)
+        return np.repeat(a[:, :, None], 3, axis=2)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.array(img, dtype=np.uint8)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode ``path`` to an (H, W, 3) array: uint8, or float32 in [0, 1] for 16-bit files.
+
+    Kept separate from :func:`load_image` so caches can hold the compact uint8 form.
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory, not an image file" if path.is_dir() else "does not exist"
+        raise UserError(f"image {path} {what}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return _to_rgb_array(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UserError(f"image {path} is too large ({e})") from None
+    except Exception as e:  # Pillow raises many types for corrupt data (OSError, SyntaxError, zlib.error...)
+        if path.stat().st_size == 0:
+            raise UserError(f"image {path} is an empty (zero-byte) file") from None
+        msg = " ".join(str(e).split()) or type(e).__name__
+        raise UserError(f"cannot read image {path}: {msg}") from None
+
+
+def array_to_tensor(arr: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 or float array -> (3, H, W) float32 in [0, 1] (ToTensor's arithmetic)."""
+    if not arr.flags.writeable:  # torch.from_numpy warns on read-only arrays
+        arr = arr.copy()
+    t = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    if t.dtype == torch.uint8:
+        return t.float().div(255)
+    return t.float()
+
+
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """Load any Pillow-readable image as a (3, H, W) float32 tensor in [0, 1]."""
+    return array_to_tensor(read_image(path))
+
+
+def save_image(img: torch.Tensor, path: str | os.PathLike, quality: int = 95) -> None:
+    """Write a (3, H, W) tensor in [0, 1] as 8-bit RGB; format from the extension.
+
+    Values are rounded (``(x*255).round().clamp(0, 255)``), not truncated. The file is written
+    to a temporary name in the same folder and moved into place, so a crash never leaves a
+    half-written image. ``quality`` applies to JPEG/WebP only.
+    """
+    path = Path(path)
+    if img.dim() != 3 or img.shape[0] != 3:
+        raise ValueError(f"save_image expects a (3, H, W) tensor, got shape {tuple(img.shape)}")
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise UserError(f"cannot save image {path}: unknown image extension {path.suffix!r}")
+    arr = (img.detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8)
+    pil = Image.fromarray(arr.permute(1, 2, 0).contiguous().numpy())
+    extra = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:  # honours the umask, unlike mkstemp's 0600
+            pil.save(f, format=fmt, **extra)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write image {path}: {e.strerror or e}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

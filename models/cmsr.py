@@ -130,7 +130,7 @@ class CMSR:
         """
         outs, rendered = [], 0.0
         for i in range(coord.shape[0]):
-            one = _slice_latent(lat, i)
+            one = lat.image(i)
             out, cost = self._decode_one(model, one, coord[i:i + 1], bsize)
             outs.append(out)
             rendered += cost
@@ -195,12 +195,3 @@ class CMSR:
         else:
             out = Q.sample_bilinear(ret, coord)
         return out, cost
-
-
-def _slice_latent(lat: "Latent", i: int) -> "Latent":
-    from .decoder import Latent
-
-    return Latent(inp=lat.inp[i:i + 1], table=lat.table[i:i + 1],
-                  complexity=None if lat.complexity is None else lat.complexity[i:i + 1],
-                  extra={k: (v[i:i + 1] if torch.is_tensor(v) and v.shape[:1] == lat.inp.shape[:1] else v)
-                         for k, v in lat.extra.items()})

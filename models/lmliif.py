@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import torch
 
 from . import query as Q
-from .decoder import ImplicitDecoder, Latent, as_table, latent_cell, unfold3x3
+from .decoder import ImplicitDecoder, Latent, as_table, conv_linear, latent_cell
 from .registry import make, register
 
 
@@ -30,7 +30,7 @@ def lm_dims(imnet_spec: Mapping[str, Any]) -> tuple[int, int, int]:
 
 @register("lmliif")
 class LMLIIF(ImplicitDecoder):
-    default_bsize = 4096
+    default_bsize = 8192
 
     def __init__(self, encoder_spec: Mapping[str, Any], imnet_spec: Mapping[str, Any] | None = None,
                  hypernet_spec: Mapping[str, Any] | None = None, local_ensemble: bool = True,
@@ -52,17 +52,17 @@ class LMLIIF(ImplicitDecoder):
 
     def latent(self, feat: torch.Tensor, inp: torch.Tensor, cell: torch.Tensor) -> Latent:
         b, _, h, w = feat.shape
-        x = as_table(unfold3x3(feat) if self.feat_unfold else feat)
-        if self.cell_decode:
-            x = torch.cat([x, latent_cell(cell, h, w)], dim=-1)
-        mod = self.hypernet(x)  # (B, h*w, mod_dim [+ hd])
+        extra = latent_cell(cell, h, w) if self.cell_decode else None
+        layers = self.hypernet.layers
+        mod = layers[1:](conv_linear(feat, layers[0], self.feat_unfold, extra))  # (B, h*w, mod_dim [+ hd])
         code = mod[..., self.mod_dim:] if self.mod_input else as_table(feat)
         w0 = self.imnet.hidden(0)
         layer0_bias = code @ w0.weight[:, : self.code_dim].t() + w0.bias
-        folded = self.imnet.fold(mod[..., : self.mod_dim], layer0_bias)
-        shifts = mod[..., self.imnet.shift_slice()]
-        complexity = shifts.abs().mean(-1).view(b, 1, h, w)
-        return Latent(inp=inp, table=folded.contiguous(), complexity=complexity)
+        folded = self.imnet.fold(mod[..., : self.mod_dim].reshape(b * h * w, -1),
+                                 layer0_bias.reshape(b * h * w, -1))
+        complexity = mod[..., self.imnet.shift_slice()].abs().mean(-1).view(b, 1, h, w)
+        return Latent(inp=inp, table=inp.new_zeros(b, h * w, 0),
+                      mods=folded.view(folded.shape[0], b, h * w, -1), complexity=complexity)
 
     def render(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         h, w = lat.hw
@@ -71,7 +71,7 @@ class LMLIIF(ImplicitDecoder):
         x = lk.rel_coord
         if self.cell_decode:
             x = torch.cat([x, Q.rel_cell(cell, h, w).unsqueeze(1).expand_as(x)], dim=-1)
-        folded = Q.gather(lat.table, lk.index)
-        pred = self.imnet.render(x.reshape(b * k * q, -1), folded.view(b * k * q, -1),
+        pred = self.imnet.render(x.reshape(b * k * q, -1), lat.mods.flatten(1, 2),
+                                 Q.flat_index(lk.index, h * w),
                                  layer0_weight=self.imnet.hidden(0).weight[:, self.code_dim:])
         return Q.ensemble(pred.view(b, k, q, -1), lk)

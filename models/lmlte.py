@@ -21,7 +21,7 @@ from .registry import make, register
 @register("lmlte")
 class LMLTE(ImplicitDecoder):
     residual = True
-    default_bsize = 4096
+    default_bsize = 8192
 
     def __init__(self, encoder_spec: Mapping[str, Any], imnet_spec: Mapping[str, Any] | None = None,
                  hypernet_spec: Mapping[str, Any] | None = None, hidden_dim: int = 128,
@@ -49,7 +49,7 @@ class LMLTE(ImplicitDecoder):
         coef, freq = as_table(self.coef(feat)), as_table(self.freq(feat))
         ones = freq.new_ones(1, 1, 2)
         if self.cell_decode:
-            phase = self.phase(latent_cell(cell, h, w))
+            phase = self.phase(latent_cell(cell, h, w))  # (B, 1, hidden/2): one per image
         else:
             phase = freq.new_zeros(1, 1, self.hidden_dim // 2)
         mod = self.hypernet(coef * fourier_basis(freq, ones, phase))
@@ -57,23 +57,22 @@ class LMLTE(ImplicitDecoder):
             code = mod[..., self.mod_dim:]  # [coef' | freq'], 2 * hd
         else:
             code = torch.cat([coef, freq], dim=-1)
-        folded = self.imnet.fold(mod[..., : self.mod_dim])
+        folded = self.imnet.fold(mod[..., : self.mod_dim].reshape(b * h * w, -1))
         complexity = mod[..., self.imnet.shift_slice()].abs().mean(-1).view(b, 1, h, w)
-        return Latent(inp=inp, table=torch.cat([code, folded], dim=-1).contiguous(), complexity=complexity)
+        return Latent(inp=inp, table=code.contiguous(), mods=folded.view(folded.shape[0], b, h * w, -1),
+                      complexity=complexity)
 
     def render(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         h, w = lat.hw
         lk = Q.locate(coord, h, w, self.local_ensemble)
         b, k, q = lk.index.shape
         rows = Q.gather(lat.table, lk.index)
-        coef = rows[..., : self.code_dim]
-        freq = rows[..., self.code_dim: 2 * self.code_dim]
-        folded = rows[..., 2 * self.code_dim:]
+        coef, freq = rows.split(self.code_dim, dim=-1)
         if self.cell_decode:
             phase_fn = self.imphase if self.mod_input else self.phase
             phase = phase_fn(Q.rel_cell(cell, h, w)).unsqueeze(1)
         else:
             phase = rows.new_zeros(1, 1, 1, self.code_dim // 2)
         x = coef * fourier_basis(freq, lk.rel_coord, phase)
-        pred = self.imnet.render(x.reshape(b * k * q, -1), folded.reshape(b * k * q, -1))
+        pred = self.imnet.render(x.reshape(b * k * q, -1), lat.mods.flatten(1, 2), Q.flat_index(lk.index, h * w))
         return Q.ensemble(pred.view(b, k, q, -1), lk)

@@ -69,10 +69,6 @@ class ModulatedMLP(nn.Module):
         """Length of one modulation vector (scales and/or shifts of every hidden layer)."""
         return self.hidden_dim * self.hidden_depth * (int(self.mod_scale) + int(self.mod_shift))
 
-    @property
-    def folded_dim(self) -> int:
-        return 2 * self.hidden_dim * self.hidden_depth
-
     def hidden(self, l: int) -> nn.Linear:
         return self.layers[2 * l]
 
@@ -82,47 +78,46 @@ class ModulatedMLP(nn.Module):
         return slice(start, start + self.hidden_dim * self.hidden_depth)
 
     def fold(self, mod: torch.Tensor, layer0_bias: torch.Tensor | None = None) -> torch.Tensor:
-        """(..., mod_dim) modulations -> (..., 2*hd*depth) per-layer [a_l | c_l] blocks.
+        """(N, mod_dim) modulations -> (depth, N, 2*hd) per-layer tables ``[a_l | c_l]``.
 
-        ``layer0_bias`` (..., hd) replaces the bias of layer 0 (it then includes the
-        per-cell part of the first layer's input).
+        ``layer0_bias`` (N, hd) replaces the bias of layer 0 (it then includes the part of the
+        first layer's input that only depends on the LR cell). One contiguous table per layer
+        keeps each per-query gather small and cache-friendly.
         """
         hd, depth = self.hidden_dim, self.hidden_depth
-        lead = mod.shape[:-1]
+        n = mod.shape[0]
         if self.mod_scale:
-            scale = mod[..., : hd * depth].reshape(*lead, depth, hd) + 1.0
+            scale = mod[:, : hd * depth].reshape(n, depth, hd).transpose(0, 1) + 1.0
         else:
-            scale = mod.new_ones(*lead, depth, hd)
+            scale = mod.new_ones(depth, n, hd)
         if self.mod_shift:
             start = hd * depth if self.mod_scale else 0
-            shift = mod[..., start: start + hd * depth].reshape(*lead, depth, hd)
+            shift = mod[:, start: start + hd * depth].reshape(n, depth, hd).transpose(0, 1)
         else:
-            shift = mod.new_zeros(*lead, depth, hd)
-        bias = torch.stack([self.hidden(l).bias for l in range(depth)])  # (depth, hd)
+            shift = mod.new_zeros(depth, n, hd)
+        bias = torch.stack([self.hidden(l).bias for l in range(depth)]).unsqueeze(1)  # (depth, 1, hd)
         if layer0_bias is not None:
-            bias = bias.expand(*lead, depth, hd)
-            bias = torch.cat([layer0_bias.unsqueeze(-2), bias[..., 1:, :]], dim=-2)
-        a = scale
-        c = bias * scale + shift
-        return torch.stack([a, c], dim=-2).reshape(*lead, 2 * hd * depth)
+            bias = torch.cat([layer0_bias.unsqueeze(0), bias[1:].expand(depth - 1, n, hd)], dim=0)
+        return torch.cat([scale, bias * scale + shift], dim=-1).contiguous()
 
-    def render(self, x: torch.Tensor, folded: torch.Tensor,
+    def render(self, x: torch.Tensor, folded: torch.Tensor, index: torch.Tensor | None = None,
                layer0_weight: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-query pass: x (N, in) with per-query folded modulations (N, 2*hd*depth)."""
+        """Per-query pass: x (N, in); row ``index[i]`` of each folded table modulates row i.
+
+        ``folded`` is (depth, M, 2*hd) from :meth:`fold`; without ``index`` M must equal N.
+        """
         hd = self.hidden_dim
         w0 = self.hidden(0).weight if layer0_weight is None else layer0_weight
         h = x @ w0.t()
         for l in range(self.hidden_depth):
             if l > 0:
                 h = h @ self.hidden(l).weight.t()
-            base = 2 * hd * l
-            h = torch.addcmul(folded[:, base + hd: base + 2 * hd], h, folded[:, base: base + hd])
-            h = torch.relu_(h) if not h.requires_grad else torch.relu(h)
+            ac = folded[l] if index is None else folded[l].index_select(0, index)
+            h = torch.relu_(torch.addcmul(ac[:, hd:], h, ac[:, :hd]))
         return self.layers[-1](h)
 
     def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
         """Official call: x (..., in_dim) with one modulation vector per row (..., mod_dim)."""
         shape = x.shape[:-1]
-        x = x.reshape(-1, x.shape[-1])
         folded = self.fold(mod.reshape(-1, mod.shape[-1]))
-        return self.render(x, folded).view(*shape, -1)
+        return self.render(x.reshape(-1, x.shape[-1]), folded).view(*shape, -1)

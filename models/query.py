@@ -15,8 +15,6 @@ import torch.nn.functional as F
 
 from utils.coords import axis_coords
 
-# LIIF's local ensemble: offsets (row, col) in units of half an LR cell, in the reference order.
-_ENSEMBLE_OFFSETS = ((-1, -1), (-1, 1), (1, -1), (1, 1))
 _EPS_SHIFT = 1e-6
 _CLAMP = 1 - 1e-6
 DEFAULT_BSIZE = 65536
@@ -36,50 +34,72 @@ def _to_grid(coord: torch.Tensor) -> torch.Tensor:
     return coord.flip(-1).unsqueeze(1)
 
 
-def nearest_cell(coord: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column (long, (B, N) each) of the LR cell nearest to each coordinate.
+def axis_cell(c: torch.Tensor, n: int) -> torch.Tensor:
+    """Index (long, shape of ``c`` (B, N)) of the nearest of ``n`` LR cells along one axis.
 
-    Uses ``grid_sample(mode='nearest')`` on index maps, so ties at cell borders are resolved
-    exactly as the reference's nearest look-ups on every device.
+    Uses ``grid_sample(mode='nearest')`` on an index ramp, so ties at cell borders resolve
+    exactly as the reference's look-ups on every device (nearest sampling is separable: a
+    1-D look-up per axis equals the 2-D one).
     """
-    b = coord.shape[0]
-    rows = torch.arange(h, device=coord.device, dtype=torch.float32).view(1, 1, h, 1).expand(b, 1, h, w)
-    cols = torch.arange(w, device=coord.device, dtype=torch.float32).view(1, 1, 1, w).expand(b, 1, h, w)
-    maps = torch.cat([rows, cols], dim=1)
-    idx = F.grid_sample(maps, _to_grid(coord.float()), mode="nearest", align_corners=False)[:, :, 0, :]
-    return idx[:, 0].long(), idx[:, 1].long()
+    b = c.shape[0]
+    grid = torch.stack([torch.zeros_like(c), c], dim=-1).view(b, -1, 1, 2)  # (x = 0, y = c)
+    ramp = torch.arange(n, device=c.device, dtype=torch.float32).view(1, 1, n, 1).expand(b, 1, n, 1)
+    idx = F.grid_sample(ramp, grid.float(), mode="nearest", align_corners=False)
+    return idx.view(c.shape).long()
+
+
+def nearest_cell(coord: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column (long, (B, N) each) of the LR cell nearest to each coordinate."""
+    return axis_cell(coord[..., 0], h), axis_cell(coord[..., 1], w)
+
+
+def _axis_neighbours(c: torch.Tensor, n: int, local_ensemble: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neighbour cells along one axis: (B, V, Q) indices and offsets (c - centre) * n.
+
+    With local ensemble V = 2: the cells reached by the reference's shifts ``c -+ 1/n + 1e-6``
+    clamped into (-1, 1); else V = 1, the nearest cell.
+    """
+    r = 2 / n / 2
+    shifts = (-1 * r + _EPS_SHIFT, 1 * r + _EPS_SHIFT) if local_ensemble else (0.0,)
+    shift = torch.tensor(shifts, dtype=c.dtype, device=c.device).view(1, -1, 1)
+    shifted = (c.unsqueeze(1) + shift).clamp_(-_CLAMP, _CLAMP)  # (B, V, Q)
+    idx = axis_cell(shifted.flatten(1), n).view(shifted.shape)
+    rel = (c.unsqueeze(1) - axis_coords(n, c.device)[idx]) * n
+    return idx, rel
 
 
 def locate(coord: torch.Tensor, h: int, w: int, local_ensemble: bool = True) -> Lookup:
-    """Neighbour look-up for queries ``coord`` (B, Q, 2) on an LR grid of h x w cells."""
+    """Neighbour look-up for queries ``coord`` (B, Q, 2) on an LR grid of h x w cells.
+
+    Neighbour k = (row shift, col shift) in the reference order (-,-), (-,+), (+,-), (+,+);
+    rows and columns are looked up separately (2 + 2 look-ups instead of 4 x 2).
+    """
     b, q = coord.shape[:2]
-    offsets = _ENSEMBLE_OFFSETS if local_ensemble else ((0, 0),)
-    eps = _EPS_SHIFT if local_ensemble else 0.0
-    rx, ry = 2 / h / 2, 2 / w / 2
-    shift = torch.tensor([[vx * rx + eps, vy * ry + eps] for vx, vy in offsets],
-                         dtype=coord.dtype, device=coord.device)  # (K, 2)
-    shifted = (coord.unsqueeze(1) + shift.view(1, -1, 1, 2)).clamp_(-_CLAMP, _CLAMP)  # (B, K, Q, 2)
-    k = shifted.shape[1]
-    row, col = nearest_cell(shifted.view(b, k * q, 2), h, w)
-    centre = torch.stack([axis_coords(h, coord.device)[row], axis_coords(w, coord.device)[col]], dim=-1)
-    rel = coord.unsqueeze(1) - centre.view(b, k, q, 2)
-    rel = rel * torch.tensor([h, w], dtype=rel.dtype, device=rel.device)
-    index = (row * w + col).view(b, k, q)
+    rows, rel_r = _axis_neighbours(coord[..., 0], h, local_ensemble)  # (B, V, Q)
+    cols, rel_c = _axis_neighbours(coord[..., 1], w, local_ensemble)
+    v = rows.shape[1]
+    index = (rows.unsqueeze(2) * w + cols.unsqueeze(1)).view(b, v * v, q)
+    rel_r4, rel_c4 = rel_r.unsqueeze(2).expand(b, v, v, q), rel_c.unsqueeze(1).expand(b, v, v, q)
+    rel = torch.stack([rel_r4, rel_c4], dim=-1).view(b, v * v, q, 2)
     if not local_ensemble:
         return Lookup(index, rel, rel.new_ones(b, 1, q))
-    area = (rel[..., 0] * rel[..., 1]).abs() + 1e-9  # (B, K, Q)
-    total = area.sum(dim=1, keepdim=True)
+    area = (rel_r4 * rel_c4).abs().reshape(b, v * v, q) + 1e-9
     # each prediction is weighted by the area of the diagonally opposite neighbour
-    weight = area.flip(1) / total
+    weight = area.flip(1) / area.sum(dim=1, keepdim=True)
     return Lookup(index, rel, weight)
+
+
+def flat_index(index: torch.Tensor, n_cells: int) -> torch.Tensor:
+    """Per-image cell indices (B, ...) -> indices into a batch-flattened table (B*n_cells rows)."""
+    b = index.shape[0]
+    offset = (torch.arange(b, device=index.device) * n_cells).view(b, *([1] * (index.dim() - 1)))
+    return (index + offset).reshape(-1)
 
 
 def gather(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Rows of a per-LR-cell table (B, h*w, C) at ``index`` (B, ...) -> (B, ..., C)."""
     b, n, c = table.shape
-    flat = index.reshape(b, -1)
-    offset = (torch.arange(b, device=index.device) * n).view(b, 1)
-    rows = table.reshape(b * n, c).index_select(0, (flat + offset).view(-1))
+    rows = table.reshape(b * n, c).index_select(0, flat_index(index, n))
     return rows.view(*index.shape, c)
 
 

@@ -1,0 +1,161 @@
+#!/usr/bin/env python
+"""Decoder benchmark: params, MACs and encoder / latent / render time per model and scale.
+
+Everything is measured in one run so that ratios are comparable on a noisy machine: the
+encoder time, each decoder's latent (per-LR-cell) and render (per-query) time, and the
+machine's fp32 matmul throughput (large square matmuls) as a yardstick for the render stage.
+
+    python scripts/bench_decoder.py                       # CPU, 160x90 LR, x4/x8/x12
+    python scripts/bench_decoder.py --device cuda --amp bf16
+
+MACs come from ``torch.utils.flop_counter`` (matmul/conv FLOPs / 2), not hand counts.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import models  # noqa: E402
+from utils.coords import make_cell, make_coord  # noqa: E402
+
+ENC = {"name": "edsr-baseline", "args": {"no_upsampling": True}}
+SPECS = {
+    "LIIF": {"name": "liif", "args": {"encoder_spec": ENC, "imnet_spec": {
+        "name": "mlp", "args": {"out_dim": 3, "hidden_list": [256] * 4}}}},
+    "LTE": {"name": "lte", "args": {"encoder_spec": ENC, "hidden_dim": 256, "imnet_spec": {
+        "name": "mlp", "args": {"out_dim": 3, "hidden_list": [256] * 3}}}},
+    "LM-LIIF": {"name": "lmliif", "args": {
+        "encoder_spec": ENC, "mod_input": True,
+        "imnet_spec": {"name": "lmmlp", "args": {"out_dim": 3, "hidden_dim": 16, "hidden_depth": 6}},
+        "hypernet_spec": {"name": "mlp", "args": {"out_dim": 208, "hidden_list": [208]}}}},
+    "LM-LTE": {"name": "lmlte", "args": {
+        "encoder_spec": ENC, "mod_input": True, "hidden_dim": 128,
+        "imnet_spec": {"name": "lmmlp", "args": {"out_dim": 3, "hidden_dim": 16, "hidden_depth": 8}},
+        "hypernet_spec": {"name": "mlp", "args": {"out_dim": 288, "hidden_list": [288]}}}},
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def flops(fn) -> int:
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops()
+
+
+def matmul_gflops(device: torch.device, repeats: int) -> float:
+    n = 2048 if device.type == "cpu" else 8192
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    dt = timed(lambda: a @ b, device, repeats)
+    return 2 * n ** 3 / dt / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--lr-size", default="160x90", help="LR width x height (default 160x90)")
+    ap.add_argument("--scales", default="4,8,12")
+    ap.add_argument("--models", default="LIIF,LTE,LM-LIIF,LM-LTE")
+    ap.add_argument("--baseline-scales", default="4", help="scales at which LIIF/LTE are run")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--bsize", type=int, default=None, help="query chunk (default: each model's)")
+    ap.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    w, h = (int(v) for v in args.lr_size.lower().split("x"))
+    scales = [float(s) for s in args.scales.split(",")]
+    base_scales = {float(s) for s in args.baseline_scales.split(",")}
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    ctx = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
+
+    torch.manual_seed(0)
+    inp = (torch.rand(1, 3, h, w, device=device) - 0.5) / 0.5
+    peak = matmul_gflops(device, args.repeats)
+    print(f"device {device}, threads {torch.get_num_threads()}, LR {w}x{h}, amp {args.amp}, "
+          f"median of {args.repeats}; fp32 matmul: {peak:.1f} GFLOP/s")
+
+    rows = []
+    enc_time = None
+    for name in args.models.split(","):
+        model = models.make(SPECS[name]).to(device).eval()
+        params = sum(p.numel() for p in model.parameters())
+        dec_params = params - sum(p.numel() for p in model.encoder.parameters())
+        with torch.no_grad(), ctx():
+            feat = model.encode(inp)
+            if enc_time is None:
+                enc_time = timed(lambda: model.encode(inp), device, args.repeats)
+                enc_macs = flops(lambda: model.encode(inp)) / 2
+            for s in scales:
+                if name in ("LIIF", "LTE") and s not in base_scales:
+                    continue
+                H, W = round(h * s), round(w * s)
+                coord = make_coord((H, W), device=device).unsqueeze(0)
+                cell = make_cell((H, W), device=device).unsqueeze(0) * max(s / 4, 1)
+                lat_fn = lambda: model.latent(feat, inp, cell)  # noqa: E731
+                lat = lat_fn()
+                ren_fn = lambda: model.decode(lat, coord, cell, bsize=args.bsize, cmsr=False)  # noqa: E731
+                t_lat = timed(lat_fn, device, args.repeats)
+                t_ren = timed(ren_fn, device, args.repeats)
+                f_lat, f_ren = flops(lat_fn), flops(ren_fn)
+                rows.append(dict(model=name, scale=s, params=params, dec_params=dec_params,
+                                 lat_gmac=f_lat / 2e9, ren_gmac=f_ren / 2e9, t_lat=t_lat, t_ren=t_ren,
+                                 ren_gflops=f_ren / t_ren / 1e9))
+        del model
+
+    print(f"\nencoder EDSR-baseline: {enc_macs / 1e9:.2f} GMAC, {enc_time * 1000:.1f} ms\n")
+    hdr = ("model", "scale", "params", "decoder", "latent GMAC", "render GMAC", "latent ms", "render ms",
+           "decode/enc", "render GFLOP/s", "% matmul")
+    print("| " + " | ".join(hdr) + " |")
+    print("|" + "---|" * len(hdr))
+    for r in rows:
+        dec = r["t_lat"] + r["t_ren"]
+        print(f"| {r['model']} | x{r['scale']:g} | {r['params']:,} | {r['dec_params']:,} | {r['lat_gmac']:.2f} | "
+              f"{r['ren_gmac']:.2f} | {r['t_lat'] * 1000:.1f} | {r['t_ren'] * 1000:.1f} | {dec / enc_time:.3f} | "
+              f"{r['ren_gflops']:.1f} | {100 * r['ren_gflops'] / peak:.0f}% |")
+
+    def decode_time(m: str, s: float) -> float | None:
+        for r in rows:
+            if r["model"] == m and r["scale"] == s:
+                return r["t_lat"] + r["t_ren"]
+        return None
+
+    print()
+    for m in ("LM-LIIF", "LM-LTE"):
+        for base in ("LIIF", "LTE"):
+            a, b = decode_time(m, 4.0), decode_time(base, 4.0)
+            if a and b and base in m:
+                print(f"{m} decode is {b / a:.1f}x faster than {base} decode at x4")
+
+
+if __name__ == "__main__":
+    main()

@@ -49,8 +49,9 @@ class Registry:
         return [p for p in params if p != "self" and params[p].kind not in
                 (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
 
-    def check_args(self, name: str, args: Mapping[str, Any]) -> None:
-        """Raise SpecError for an argument the constructor does not take, or a missing required one."""
+    def check_args(self, name: str, args: Mapping[str, Any], allow_missing: bool = False) -> None:
+        """Raise SpecError for an argument the constructor does not take, or (unless
+        ``allow_missing``: nested specs whose parent supplies some args) a missing required one."""
         params = inspect.signature(self.lookup(name).__init__).parameters
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             return
@@ -59,7 +60,7 @@ class Registry:
             if key not in allowed:
                 raise SpecError(f"{self.kind} {name!r} has no argument {key!r}; allowed: {', '.join(allowed)}")
         missing = [p for p in allowed if params[p].default is inspect.Parameter.empty and p not in args]
-        if missing:
+        if missing and not allow_missing:
             raise SpecError(f"{self.kind} {name!r} is missing required argument(s): {', '.join(missing)}")
 
     def make(self, spec: Mapping[str, Any], args: Mapping[str, Any] | None = None) -> Any:

@@ -1,0 +1,147 @@
+"""train.py: exact resume after SIGKILL, DDP (gloo, CPU) equals one process, clear errors."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _images(folder: Path, n: int = 6, size: int = 40) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        # smooth random images (SR-like content), not pure noise
+        base = rng.random((size // 4, size // 4, 3))
+        img = Image.fromarray((base * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
+        img.save(folder / f"img{i}.png")
+    return folder
+
+
+def _config(tmp: Path, epochs: int = 4, batch: int = 4, **over) -> Path:
+    data = _images(tmp / "data")
+    cfg = {
+        "train_dataset": {
+            "dataset": {"name": "image-folder", "args": {"root_path": str(data), "repeat": 2}},
+            "wrapper": {"name": "sr-implicit-downsampled",
+                        "args": {"inp_size": 8, "scale_max": 3, "augment": True, "sample_q": 50}},
+            "batch_size": batch},
+        "val_dataset": {
+            "dataset": {"name": "image-folder", "args": {"root_path": str(data), "first_k": 2}},
+            "wrapper": {"name": "sr-implicit-downsampled", "args": {"scale_min": 2}},
+            "batch_size": 1},
+        "eval_type": "benchmark-2",
+        "model": {"name": "lmliif", "args": {
+            "encoder_spec": {"name": "edsr-baseline", "args": {"no_upsampling": True, "n_resblocks": 1, "n_feats": 8}},
+            "imnet_spec": {"name": "lmmlp", "args": {"out_dim": 3, "hidden_dim": 8, "hidden_depth": 2}},
+            "hypernet_spec": {"name": "mlp", "args": {"out_dim": 40, "hidden_list": [16]}},
+            "mod_input": True}},
+        "optimizer": {"name": "adam", "args": {"lr": 1e-3}},
+        "epoch_max": epochs,
+        "multi_step_lr": {"milestones": [2], "gamma": 0.5},
+        "epoch_val": 1,
+        "num_workers": 0,
+        "seed": 3,
+    }
+    cfg.update(over)
+    path = tmp / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _train(*args: str, timeout: int = 240, torchrun: int = 0) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "train.py", *args]
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}",
+               "train.py", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["model"]["sd"]
+
+
+def test_kill_and_resume_gives_the_same_weights(tmp_path):
+    cfg = _config(tmp_path, epochs=5)
+    full = _train("--config", str(cfg), "--name", "full", "--save-root", str(tmp_path / "save"))
+    assert full.returncode == 0, full.stderr
+    assert "val: psnr=" in full.stdout
+
+    # the same run, killed with SIGKILL once it has saved epoch 2, then resumed
+    cmd = [sys.executable, "train.py", "--config", str(cfg), "--name", "cut", "--save-root", str(tmp_path / "save")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    log = tmp_path / "save" / "cut" / "log.txt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and "epoch 2/5" in log.read_text()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    last = tmp_path / "save" / "cut" / "epoch-last.pth"
+    saved_epoch = torch.load(last, weights_only=True)["epoch"]
+    assert 2 <= saved_epoch <= 5
+    res = _train("--config", str(cfg), "--name", "cut", "--save-root", str(tmp_path / "save"), "--resume")
+    assert res.returncode == 0, res.stderr
+    if saved_epoch < 5:
+        assert f"resumed from epoch {saved_epoch}" in res.stdout
+    a, b = _weights(tmp_path / "save" / "full" / "epoch-last.pth"), _weights(last)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the official layout is kept, and the checkpoint loads for inference
+    import models
+    assert models.load_model(last) is not None
+
+
+def test_two_process_ddp_equals_one_process(tmp_path):
+    cfg = _config(tmp_path, epochs=2, batch=4)
+    one = _train("--config", str(cfg), "--name", "one", "--save-root", str(tmp_path / "save"))
+    assert one.returncode == 0, one.stderr
+    two = _train("--config", str(cfg), "--name", "two", "--save-root", str(tmp_path / "save"), torchrun=2)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "replicas in sync: yes" in two.stdout
+    a, b = _weights(tmp_path / "save" / "one" / "epoch-last.pth"), _weights(tmp_path / "save" / "two" / "epoch-last.pth")
+    # same global batches and samples; only the float summation order of the gradient differs
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0), (k, (a[k] - b[k]).abs().max())
+
+
+@pytest.mark.parametrize("case", ["missing_folder", "typo", "wrong_type", "not_checkpoint", "no_config"])
+def test_errors_are_one_clear_line(tmp_path, case):
+    cfg = _config(tmp_path, epochs=1)
+    args = ["--config", str(cfg), "--save-root", str(tmp_path / "save")]
+    data = yaml.safe_load(cfg.read_text())
+    expect = ""
+    if case == "missing_folder":
+        data["train_dataset"]["dataset"]["args"]["root_path"] = str(tmp_path / "nope")
+        expect = "nope"
+    elif case == "typo":
+        data["epoch_maxx"] = 3
+        expect = "epoch_maxx"
+    elif case == "wrong_type":
+        data["epoch_max"] = "ten"
+        expect = "epoch_max"
+    elif case == "not_checkpoint":
+        bad = tmp_path / "bad.pth"
+        bad.write_text("not a checkpoint")
+        args += ["--resume", str(bad)]
+        expect = "bad.pth"
+    elif case == "no_config":
+        args = ["--save-root", str(tmp_path / "save")]
+        expect = "--config"
+    cfg.write_text(yaml.safe_dump(data))
+    r = _train(*args)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0], r.stderr
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,363 @@
+#!/usr/bin/env python
+"""Train an arbitrary-scale SR model from a YAML config (LIIF / LTE / LM-LIIF / LM-LTE ...).
+
+    python train.py --config configs/cpu/train_edsr-baseline-lmliif.yaml [--name NAME] [--device auto]
+    python train.py --config ... --name NAME --resume            # continue save/NAME/epoch-last.pth
+    torchrun --nproc_per_node 2 train.py --config ...            # DistributedDataParallel
+
+Runs write to ``save/<name>/``: config.yaml, log.txt, tensorboard/, epoch-last.pth (every
+epoch), epoch-best.pth (best validation PSNR) and epoch-<N>.pth every ``epoch_save``. Every
+checkpoint is written atomically and holds the official layout (``model``: name/args/sd,
+``optimizer``, ``epoch``) plus what an exact resume needs (scheduler, best PSNR, config).
+
+Determinism: every sample's randomness (scale, crop, flips, query subset) is seeded from
+(seed, epoch, sample index), and the shuffling from (seed, epoch); so a resumed run, or a run on
+a different number of processes with the same global batch, sees exactly the same data.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import yaml
+from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data.distributed import DistributedSampler
+
+import datasets
+import models
+from models.inference import clip_cell, normalise
+from utils import metrics
+from utils.checkpoint import load_checkpoint, save_atomic
+from utils.config import TRAIN, ConfigError, load_config
+from utils.errors import UserError
+
+REGISTRIES = {"model": models.registry.MODELS, "dataset": datasets.DATASETS}
+
+
+# --- data --------------------------------------------------------------------------------------
+class SeededItems(Dataset):
+    """Seeds Python/NumPy/torch RNGs from (seed, epoch, index) before each item.
+
+    The SR wrappers draw their randomness from the global RNGs; seeding per item makes every
+    sample independent of which worker or process loads it and of what was loaded before.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx: int) -> Any:
+        s = (self.seed * 1_000_003 + self.epoch * 10_007 + idx) % (2 ** 32)
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+        return self.dataset[idx]
+
+
+def make_loader(spec: dict, train: bool, seed: int, world: int, rank: int, workers: int) -> DataLoader:
+    """Training: the global batch is split over the processes (DistributedSampler, shuffled per
+    epoch). Validation: every process takes every world-th item, no padding/duplicates."""
+    ds = SeededItems(datasets.make_dataset(spec["dataset"], spec.get("wrapper")), seed)
+    batch = spec["batch_size"]
+    pin = torch.cuda.is_available()
+    if not train:
+        part = Subset(ds, range(rank, len(ds), world))
+        return DataLoader(part, batch_size=batch, shuffle=False, num_workers=workers, pin_memory=pin)
+    if batch % world:
+        raise UserError(f"batch_size {batch} is not divisible by the number of processes {world}")
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+    return DataLoader(ds, batch_size=batch // world, sampler=sampler, num_workers=workers, pin_memory=pin)
+
+
+# --- set-up ------------------------------------------------------------------------------------
+def pick_device(arg: str, local_rank: int | None) -> torch.device:
+    if arg == "auto":
+        arg = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(arg)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for but CUDA is not available")
+        if local_rank is not None:
+            dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def make_optimizer(params, spec: dict) -> torch.optim.Optimizer:
+    args = dict(spec.get("args") or {})
+    if "betas" in args:
+        args["betas"] = tuple(args["betas"])
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[spec["name"]]
+    return cls(params, **args)
+
+
+class Log:
+    """log.txt + stdout (rank 0 only) and TensorBoard scalars."""
+
+    def __init__(self, folder: str | None) -> None:
+        self.folder, self.writer = folder, None
+        if folder is None:
+            return
+        try:
+            from tensorboardX import SummaryWriter
+            self.writer = SummaryWriter(os.path.join(folder, "tensorboard"))
+        except ImportError:
+            self("warning: tensorboardX is not installed; no TensorBoard logs")
+
+    def __call__(self, msg: str) -> None:
+        if self.folder is None:
+            return
+        print(msg, flush=True)
+        with open(os.path.join(self.folder, "log.txt"), "a") as f:
+            f.write(msg + "\n")
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def checkpoint(model: nn.Module, cfg: dict, optimizer, scheduler, epoch: int, best: float) -> dict:
+    return {
+        "model": {"name": cfg["model"]["name"], "args": cfg["model"]["args"], "sd": model.state_dict()},
+        "optimizer": {"name": cfg["optimizer"]["name"], "args": cfg["optimizer"].get("args"),
+                      "sd": optimizer.state_dict()},
+        "epoch": epoch,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "best_val": best,
+        "config": cfg,
+    }
+
+
+# --- train / validate ----------------------------------------------------------------------------
+def train_epoch(model, loader, optimizer, cfg, device, amp, log: Log, epoch: int, rank: int) -> float:
+    model.train()
+    norm_in, norm_gt = cfg["data_norm"]["inp"], cfg["data_norm"]["gt"]
+    loss_fn = nn.L1Loss()
+    limit = cfg.get("max_iters_per_epoch")
+    n_iter = len(loader) if limit is None else min(limit, len(loader))
+    total, count = 0.0, 0
+    bar = _progress(n_iter, f"epoch {epoch}", rank)
+    for it, batch in enumerate(loader):
+        if it >= n_iter:
+            break
+        inp = normalise(batch["inp"].to(device), norm_in["sub"], norm_in["div"])
+        gt = (batch["gt"].to(device) - norm_gt["sub"][0]) / norm_gt["div"][0] if len(norm_gt["sub"]) == 1 else \
+            (batch["gt"].to(device) - torch.tensor(norm_gt["sub"], device=device)) / torch.tensor(norm_gt["div"], device=device)
+        coord, cell = batch["coord"].to(device), batch["cell"].to(device)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            pred = model(inp, coord, cell)
+            loss = loss_fn(pred.float(), gt)
+        if not torch.isfinite(loss):
+            raise UserError(f"loss became {loss.item()} at epoch {epoch}, iteration {it + 1}: training "
+                            "stopped; the last good checkpoint is kept (try a lower learning rate)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+        count += 1
+        log.scalar("loss/train", loss.item(), (epoch - 1) * n_iter + it + 1)
+        if bar is not None:
+            bar.set_postfix(loss=f"{total / count:.4f}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def validate(model, loader, cfg, device, world: int) -> float:
+    """Mean PSNR: on the sampled query points (no eval_type), or on whole images with the
+    eval_type's shave/Y protocol (``benchmark-N`` / ``div2k-N``)."""
+    model.eval()
+    net = model.module if hasattr(model, "module") else model
+    norm_in, norm_gt = cfg["data_norm"]["inp"], cfg["data_norm"]["gt"]
+    eval_type = cfg.get("eval_type")
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    for batch in loader:
+        inp = batch["inp"].to(device)
+        coord, cell = batch["coord"].to(device), batch["cell"].to(device)
+        h, w = inp.shape[-2:]
+        H, W = (round(2 / v) for v in batch["cell"][0, 0].tolist())
+        cell = clip_cell(cell, (H / h, W / w), cfg["scale_max"])
+        pred = net(normalise(inp, norm_in["sub"], norm_in["div"]), coord, cell, bsize=cfg.get("eval_bsize"))
+        gs = torch.tensor(norm_gt["sub"], device=device)
+        gd = torch.tensor(norm_gt["div"], device=device)
+        pred = (pred * gd + gs).clamp(0, 1)
+        gt = batch["gt"].to(device)
+        if eval_type is None or coord.shape[1] != H * W:
+            values = -10 * torch.log10(((pred - gt) ** 2).mean(dim=(1, 2)))
+        else:
+            shape = (pred.shape[0], H, W, 3)
+            values = metrics.psnr(pred.view(shape).permute(0, 3, 1, 2), gt.view(shape).permute(0, 3, 1, 2),
+                                  eval_type=eval_type)
+            values = torch.as_tensor(values, device=device).view(-1)
+        total += torch.stack([values.double().sum(), torch.tensor(float(values.numel()), device=device,
+                                                                  dtype=torch.float64)])
+    if world > 1:
+        dist.all_reduce(total)
+    return (total[0] / total[1].clamp(min=1)).item()
+
+
+def _progress(n: int, desc: str, rank: int):
+    if rank != 0:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=n, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr,
+                disable=not sys.stderr.isatty())
+
+
+# --- main --------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> None:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None
+    device = pick_device(args.device, local_rank)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    resume_ckpt = None
+    if args.resume:
+        name = args.name or (_default_name(args.config) if args.config else None)
+        path = args.resume if args.resume != "auto" else os.path.join(args.save_root, name or "", "epoch-last.pth")
+        resume_ckpt = load_checkpoint(path, map_location="cpu")
+        if not {"model", "optimizer", "epoch", "config"} <= set(resume_ckpt):
+            raise UserError(f"{path} cannot be resumed: it lacks the training state "
+                            "(optimizer/epoch/config); it may be an inference-only checkpoint")
+    if args.config:
+        cfg = load_config(args.config, TRAIN, REGISTRIES)
+    elif resume_ckpt is not None:
+        cfg = resume_ckpt["config"]
+    else:
+        raise UserError("give --config (or --resume with a checkpoint that holds its config)")
+    name = args.name or _default_name(args.config or "run")
+    folder = os.path.join(args.save_root, name)
+
+    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    if amp is not None and device.type != "cuda":
+        raise UserError("--amp needs a CUDA device")
+    if amp is torch.float16:
+        raise UserError("--amp fp16 is not supported yet; use bf16")
+
+    if rank == 0:
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "config.yaml"), "w") as f:
+            yaml.safe_dump(cfg, f, sort_keys=False)
+    log = Log(folder if rank == 0 else None)
+
+    seed = cfg["seed"]
+    torch.manual_seed(seed)
+    workers = cfg["num_workers"] if args.workers is None else args.workers
+    train_loader = make_loader(cfg["train_dataset"], True, seed, world, rank, workers)
+    val_loader = make_loader(cfg["val_dataset"], False, seed + 1, world, rank, workers) \
+        if cfg.get("val_dataset") else None
+
+    model = models.make(cfg["model"]).to(device)
+    optimizer = make_optimizer(model.parameters(), cfg["optimizer"])
+    ms = cfg.get("multi_step_lr")
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, ms["milestones"], ms["gamma"]) if ms else None
+    epoch_start, best = 1, -math.inf
+    if resume_ckpt is not None:
+        models.load_state_dict_strict(model, resume_ckpt["model"]["sd"], what="the resumed model")
+        optimizer.load_state_dict(resume_ckpt["optimizer"]["sd"])
+        if scheduler is not None and resume_ckpt.get("scheduler") is not None:
+            scheduler.load_state_dict(resume_ckpt["scheduler"])
+        epoch_start = resume_ckpt["epoch"] + 1
+        best = resume_ckpt.get("best_val", -math.inf)
+        log(f"resumed from epoch {resume_ckpt['epoch']}")
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {cfg['model']['name']} #params={n_params:,}; train samples {len(train_loader.dataset)}, "
+        f"{world} process(es) on {device}")
+
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    t0 = time.time()
+    for epoch in range(epoch_start, cfg["epoch_max"] + 1):
+        t_ep = time.time()
+        train_loader.dataset.epoch = epoch
+        train_loader.sampler.set_epoch(epoch)
+        loss = train_epoch(net, train_loader, optimizer, cfg, device, amp, log, epoch, rank)
+        lr = optimizer.param_groups[0]["lr"]
+        if scheduler is not None:
+            scheduler.step()
+        msg = f"epoch {epoch}/{cfg['epoch_max']}, train: loss={loss:.4f}, lr={lr:.2e}"
+        log.scalar("lr", lr, epoch)
+        epoch_val = cfg.get("epoch_val") or 1
+        is_best = False
+        if val_loader is not None and epoch % epoch_val == 0:
+            psnr = validate(net, val_loader, cfg, device, world)
+            log.scalar("psnr/val", psnr, epoch)
+            msg += f", val: psnr={psnr:.4f}"
+            if psnr > best:
+                best, is_best = psnr, True
+        if rank == 0:
+            ck = checkpoint(model, cfg, optimizer, scheduler, epoch, best)
+            save_atomic(ck, os.path.join(folder, "epoch-last.pth"))
+            if is_best:
+                save_atomic(ck, os.path.join(folder, "epoch-best.pth"))
+            if cfg.get("epoch_save") and epoch % cfg["epoch_save"] == 0:
+                save_atomic(ck, os.path.join(folder, f"epoch-{epoch}.pth"))
+        elapsed = time.time() - t0
+        log(f"{msg}, {time.time() - t_ep:.1f}s (total {elapsed / 60:.1f} min)")
+        if cfg.get("max_minutes") and elapsed / 60 >= cfg["max_minutes"] and epoch < cfg["epoch_max"]:
+            log(f"stopping after epoch {epoch}: max_minutes={cfg['max_minutes']} reached (resume with --resume)")
+            break
+    if world > 1:
+        # sanity check: DDP keeps every replica identical; say so (or fail loudly) at the end
+        sums = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().view(1).to(device)
+        gathered = [torch.zeros_like(sums) for _ in range(world)]
+        dist.all_gather(gathered, sums)
+        values = [g.item() for g in gathered]
+        log(f"replicas in sync: {'yes' if len(set(values)) == 1 else 'NO'} (parameter checksums {values})")
+        dist.barrier()
+        dist.destroy_process_group()
+    log.close()
+
+
+def _default_name(config: str) -> str:
+    return "_" + os.path.splitext(os.path.basename(config))[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="training config (YAML)")
+    ap.add_argument("--name", help="run name: outputs go to <save-root>/<name>/ (default _<config name>)")
+    ap.add_argument("--save-root", default="save")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (torchrun: one GPU per process)")
+    ap.add_argument("--resume", nargs="?", const="auto",
+                    help="checkpoint to resume (default: <save-root>/<name>/epoch-last.pth)")
+    ap.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast on CUDA")
+    ap.add_argument("--workers", type=int, help="DataLoader workers (default: config num_workers)")
+    args = ap.parse_args(argv)
+    try:
+        run(args)
+    except (UserError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last completed epoch is in epoch-last.pth (resume with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -34,7 +34,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 import datasets
 import models
-from models.inference import clip_cell, normalise
+from models.inference import clip_cell, denormalise, normalise
 from utils import metrics
 from utils.checkpoint import load_checkpoint, save_atomic
 from utils.config import TRAIN, ConfigError, load_config
@@ -144,7 +144,8 @@ def checkpoint(model: nn.Module, cfg: dict, optimizer, scheduler, epoch: int, be
 
 
 # --- train / validate ----------------------------------------------------------------------------
-def train_epoch(model, loader, optimizer, cfg, device, amp, log: Log, epoch: int, rank: int) -> float:
+def train_epoch(model, loader, optimizer, cfg, device, amp, log: Log, epoch: int, rank: int,
+                scaler=None) -> float:
     model.train()
     norm_in, norm_gt = cfg["data_norm"]["inp"], cfg["data_norm"]["gt"]
     loss_fn = nn.L1Loss()
@@ -156,8 +157,7 @@ def train_epoch(model, loader, optimizer, cfg, device, amp, log: Log, epoch: int
         if it >= n_iter:
             break
         inp = normalise(batch["inp"].to(device), norm_in["sub"], norm_in["div"])
-        gt = (batch["gt"].to(device) - norm_gt["sub"][0]) / norm_gt["div"][0] if len(norm_gt["sub"]) == 1 else \
-            (batch["gt"].to(device) - torch.tensor(norm_gt["sub"], device=device)) / torch.tensor(norm_gt["div"], device=device)
+        gt = normalise(batch["gt"].to(device), norm_gt["sub"], norm_gt["div"])
         coord, cell = batch["coord"].to(device), batch["cell"].to(device)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             pred = model(inp, coord, cell)
@@ -166,14 +166,21 @@ def train_epoch(model, loader, optimizer, cfg, device, amp, log: Log, epoch: int
             raise UserError(f"loss became {loss.item()} at epoch {epoch}, iteration {it + 1}: training "
                             "stopped; the last good checkpoint is kept (try a lower learning rate)")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         total += loss.item()
         count += 1
         log.scalar("loss/train", loss.item(), (epoch - 1) * n_iter + it + 1)
         if bar is not None:
             bar.set_postfix(loss=f"{total / count:.4f}")
             bar.update(1)
+        elif rank == 0 and not sys.stderr.isatty() and (it + 1) % max(1, n_iter // 4) == 0 and it + 1 < n_iter:
+            print(f"  epoch {epoch}: {it + 1}/{n_iter} iterations, loss={total / count:.4f}", flush=True)
     if bar is not None:
         bar.close()
     return total / max(count, 1)
@@ -195,9 +202,7 @@ def validate(model, loader, cfg, device, world: int) -> float:
         H, W = (round(2 / v) for v in batch["cell"][0, 0].tolist())
         cell = clip_cell(cell, (H / h, W / w), cfg["scale_max"])
         pred = net(normalise(inp, norm_in["sub"], norm_in["div"]), coord, cell, bsize=cfg.get("eval_bsize"))
-        gs = torch.tensor(norm_gt["sub"], device=device)
-        gd = torch.tensor(norm_gt["div"], device=device)
-        pred = (pred * gd + gs).clamp(0, 1)
+        pred = denormalise(pred, norm_gt["sub"], norm_gt["div"]).clamp(0, 1)
         gt = batch["gt"].to(device)
         if eval_type is None or coord.shape[1] != H * W:
             values = -10 * torch.log10(((pred - gt) ** 2).mean(dim=(1, 2)))
@@ -253,8 +258,7 @@ def run(args: argparse.Namespace) -> None:
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     if amp is not None and device.type != "cuda":
         raise UserError("--amp needs a CUDA device")
-    if amp is torch.float16:
-        raise UserError("--amp fp16 is not supported yet; use bf16")
+    scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 else None
 
     if rank == 0:
         os.makedirs(folder, exist_ok=True)
@@ -295,7 +299,7 @@ def run(args: argparse.Namespace) -> None:
         t_ep = time.time()
         train_loader.dataset.epoch = epoch
         train_loader.sampler.set_epoch(epoch)
-        loss = train_epoch(net, train_loader, optimizer, cfg, device, amp, log, epoch, rank)
+        loss = train_epoch(net, train_loader, optimizer, cfg, device, amp, log, epoch, rank, scaler)
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
             scheduler.step()

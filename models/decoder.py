@@ -80,14 +80,25 @@ class ImplicitDecoder(nn.Module):
                cmsr: CMSR | bool | None = None, stats: dict | None = None) -> torch.Tensor:
         """All queries of ``coord``/``cell`` (B, Q, 2) -> (B, Q, 3), in chunks of ``bsize``."""
         _check_queries(lat.inp, coord, cell)
-        cmsr = self.cmsr if cmsr is None or cmsr is True else (cmsr or None)
-        h, w = lat.hw
-        if cmsr is not None and lat.complexity is not None and not self.training \
-                and coord.shape[1] > (self.max_train_scale ** 2) * h * w:
-            return cmsr.decode(self, lat, coord, bsize or self.default_bsize, stats)
+        active = self.active_cmsr(lat, coord.shape[1], cmsr)
+        if active is not None:
+            return active.decode(self, lat, coord, bsize or self.default_bsize, stats)
         if self.training and bsize is None:
             return self.query(lat, coord, cell)
         return Q.stream(lambda c, ce: self.query(lat, c, ce), coord, cell, bsize or self.default_bsize)
+
+    def active_cmsr(self, lat: Latent, n_queries: int, cmsr: CMSR | bool | None = None) -> CMSR | None:
+        """The CMSR that applies to ``n_queries`` queries per image, if any.
+
+        ``cmsr``: None/True = the model's own (``cmsr_spec``), False = off, or a CMSR. It acts
+        only in eval mode, for LMF models, beyond the training range (Q > 4² h w, strictly).
+        """
+        chosen = self.cmsr if cmsr is None or cmsr is True else (cmsr or None)
+        h, w = lat.hw
+        if chosen is None or lat.complexity is None or self.training \
+                or n_queries <= (self.max_train_scale ** 2) * h * w:
+            return None
+        return chosen
 
     def forward(self, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor,
                 bsize: int | None = None, cmsr: CMSR | bool | None = None,

@@ -6,29 +6,30 @@ enlarged by ``max(s / scale_max, 1)`` per axis (REFERENCE §3.10).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
 
-from utils.coords import make_cell, make_coord
+from utils.coords import axis_coords, make_cell, make_coord
 
 from .cmsr import CMSR
 
 
+def _stat(values: Sequence[float], x: torch.Tensor) -> torch.Tensor:
+    """Per-channel constants shaped for (B, C, h, w) images or channels-last (..., C) values."""
+    t = torch.tensor(list(values), dtype=x.dtype, device=x.device)
+    return t.view(1, -1, 1, 1) if x.dim() == 4 else t
+
+
 def normalise(x: torch.Tensor, sub: Sequence[float] = (0.5,), div: Sequence[float] = (0.5,)) -> torch.Tensor:
-    s = torch.tensor(list(sub), dtype=x.dtype, device=x.device).view(1, -1, 1, 1) if x.dim() == 4 else \
-        torch.tensor(list(sub), dtype=x.dtype, device=x.device)
-    d = torch.tensor(list(div), dtype=x.dtype, device=x.device).view(1, -1, 1, 1) if x.dim() == 4 else \
-        torch.tensor(list(div), dtype=x.dtype, device=x.device)
-    return (x - s) / d
+    """[0, 1] -> the network's space ``(x - sub) / div`` (images (B, C, h, w) or (..., C))."""
+    return (x - _stat(sub, x)) / _stat(div, x)
 
 
 def denormalise(x: torch.Tensor, sub: Sequence[float] = (0.5,), div: Sequence[float] = (0.5,)) -> torch.Tensor:
-    """Inverse of :func:`normalise` for (..., C) query outputs (channels last)."""
-    s = torch.tensor(list(sub), dtype=x.dtype, device=x.device)
-    d = torch.tensor(list(div), dtype=x.dtype, device=x.device)
-    return x * d + s
+    """Inverse of :func:`normalise`."""
+    return x * _stat(div, x) + _stat(sub, x)
 
 
 def clip_cell(cell: torch.Tensor, scale_hw: Sequence[float], scale_max: float = 4.0) -> torch.Tensor:
@@ -50,12 +51,42 @@ def predict(model: nn.Module, inp: torch.Tensor, coord: torch.Tensor, cell: torc
 
 
 def upsample(model: nn.Module, img: torch.Tensor, size: tuple[int, int], scale_max: float = 4.0,
-             bsize: int | None = None, cmsr: CMSR | bool | None = None, stats: dict | None = None) -> torch.Tensor:
-    """Upscale ``img`` (B, 3, h, w) in [0, 1] to ``size`` = (H, W) -> (B, 3, H, W) in [0, 1]."""
+             bsize: int | None = None, cmsr: CMSR | bool | None = None, stats: dict | None = None,
+             progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Upscale ``img`` (B, 3, h, w) in [0, 1] to ``size`` = (H, W) -> (B, 3, H, W) in [0, 1].
+
+    The encoder and latent stage run once; queries are then rendered in bands of whole rows
+    (about ``bsize`` queries each) whose coordinates are made on the fly, so memory beyond the
+    output image is one band's worth. ``progress(n_rows)`` is called after each band.
+    With CMSR active the whole target grid is decoded at once (it needs the full grid).
+    """
     b, _, h, w = img.shape
     H, W = int(size[0]), int(size[1])
-    coord = make_coord((H, W), device=img.device).unsqueeze(0).expand(b, -1, -1)
-    cell = make_cell((H, W), device=img.device).unsqueeze(0).expand(b, -1, -1)
-    rgb = predict(model, img, coord, cell, scale_hw=(H / h, W / w), scale_max=scale_max,
-                  bsize=bsize, cmsr=cmsr, stats=stats)
-    return rgb.view(b, H, W, 3).permute(0, 3, 1, 2)
+    dev = img.device
+    scale_hw = (H / h, W / w)
+    with torch.no_grad():
+        lat_cell = clip_cell(make_cell((H, W), n=1, device=dev).unsqueeze(0).expand(b, 1, 2), scale_hw, scale_max)
+        lat = model.prepare(normalise(img), lat_cell)
+        out = img.new_empty(b, 3, H, W)
+        active = model.active_cmsr(lat, H * W, cmsr)
+        if active is not None:
+            coord = make_coord((H, W), device=dev).unsqueeze(0).expand(b, -1, -1)
+            cell = clip_cell(make_cell((H, W), device=dev), scale_hw, scale_max).unsqueeze(0).expand(b, -1, -1)
+            rgb = model.decode(lat, coord, cell, bsize=bsize, cmsr=active, stats=stats)
+            out.copy_(denormalise(rgb).clamp_(0, 1).view(b, H, W, 3).permute(0, 3, 1, 2))
+            if progress is not None:
+                progress(H)
+            return out
+        rows_y, cols_x = axis_coords(H, dev), axis_coords(W, dev)
+        band = max(1, (bsize or getattr(model, "default_bsize", 65536)) * 4 // W)
+        cell_row = clip_cell(make_cell((H, W), n=1, device=dev), scale_hw, scale_max)
+        for r0 in range(0, H, band):
+            r1 = min(H, r0 + band)
+            coord = torch.stack(torch.meshgrid(rows_y[r0:r1], cols_x, indexing="ij"), dim=-1)
+            coord = coord.view(1, -1, 2).expand(b, -1, -1)
+            cell = cell_row.expand(coord.shape[1], 2).unsqueeze(0).expand(b, -1, -1)
+            rgb = model.decode(lat, coord, cell, bsize=bsize, cmsr=False)
+            out[:, :, r0:r1] = denormalise(rgb).clamp_(0, 1).view(b, r1 - r0, W, 3).permute(0, 3, 1, 2)
+            if progress is not None:
+                progress(r1 - r0)
+    return out

@@ -30,7 +30,7 @@ from PIL import Image
 
 from utils.errors import UserError
 
-__all__ = ["read_image", "array_to_tensor", "load_image", "save_image"]
+__all__ = ["read_image", "read_alpha", "array_to_tensor", "load_image", "save_image"]
 
 _HIGH_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 
@@ -81,26 +81,41 @@ def array_to_tensor(arr: np.ndarray) -> torch.Tensor:
     return t.float()
 
 
+def read_alpha(path: str | os.PathLike) -> np.ndarray | None:
+    """The alpha channel (H, W) uint8 of an image that has one (RGBA, LA, PA, transparency), else None."""
+    try:
+        with Image.open(path) as img:
+            if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
+                return np.array(img.convert("RGBA").getchannel("A"), dtype=np.uint8)
+    except Exception as e:  # read_image has already validated the file; be defensive anyway
+        raise UserError(f"cannot read the alpha channel of {path}: {e}") from None
+    return None
+
+
 def load_image(path: str | os.PathLike) -> torch.Tensor:
     """Load any Pillow-readable image as a (3, H, W) float32 tensor in [0, 1]."""
     return array_to_tensor(read_image(path))
 
 
 def save_image(img: torch.Tensor, path: str | os.PathLike, quality: int = 95) -> None:
-    """Write a (3, H, W) tensor in [0, 1] as 8-bit RGB; format from the extension.
+    """Write a (C, H, W) tensor in [0, 1] as 8-bit L (C=1), RGB (C=3) or RGBA (C=4; formats
+    without alpha, such as JPEG, get the RGB part); format from the extension.
 
     Values are rounded (``(x*255).round().clamp(0, 255)``), not truncated. The file is written
     to a temporary name in the same folder and moved into place, so a crash never leaves a
     half-written image. ``quality`` applies to JPEG/WebP only.
     """
     path = Path(path)
-    if img.dim() != 3 or img.shape[0] != 3:
-        raise ValueError(f"save_image expects a (3, H, W) tensor, got shape {tuple(img.shape)}")
+    if img.dim() != 3 or img.shape[0] not in (1, 3, 4):
+        raise ValueError(f"save_image expects a (1|3|4, H, W) tensor, got shape {tuple(img.shape)}")
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None or fmt not in Image.SAVE:
         raise UserError(f"cannot save image {path}: unknown image extension {path.suffix!r}")
+    if img.shape[0] == 4 and fmt in ("JPEG", "BMP"):
+        img = img[:3]
     arr = (img.detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8)
-    pil = Image.fromarray(arr.permute(1, 2, 0).contiguous().numpy())
+    arr = arr.permute(1, 2, 0).contiguous().numpy()
+    pil = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, mode={1: "L", 3: "RGB", 4: "RGBA"}[arr.shape[2]])
     extra = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:

@@ -31,7 +31,7 @@ class ArgError(Exception):
 
 def parse_scale(text: str) -> tuple[float, float]:
     """'3.5' -> (3.5, 3.5); '2,3' -> (sy, sx) = (3, 2) (x first, as in 'width,height')."""
-    parts = text.replace("x", ",").split(",")
+    parts = text.split(",")
     try:
         vals = [float(p) for p in parts]
     except ValueError:

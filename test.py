@@ -1,0 +1,561 @@
+"""Evaluate a super-resolution checkpoint on a test set: PSNR / SSIM per image and per scale.
+
+    python test.py --config configs/test/test-set5.yaml --model lmliif.pth --scales 2,3,4,6,8,12
+
+The protocol is the official ``eval_psnr`` (REFERENCE §5.4), with its quirks fixed (§9: 2, 3,
+15, 16):
+
+* Per image: the LR input is normalised with ``data_norm``, the model predicts the whole HR query
+  grid of the sample (chunked by ``--bsize``), the cell is enlarged by ``max(s / scale_max, 1)``
+  per axis (``--scale-max``, default 4), the prediction is de-normalised and clamped to [0, 1]
+  and compared **as floats** (not quantised to 8 bit) with the HR crop. PSNR as the reference
+  ``calc_psnr`` (``benchmark-N``: Y of the difference, shave N; ``div2k-N``: RGB, shave N + 6),
+  SSIM on Y with the same shave; both are averaged over images.
+* ``--scales`` runs the config's HR folder once per scale, downsampled on the fly with
+  ``sr-implicit-downsampled`` at exactly that scale. A scale may be non-integer (``2.5``) or
+  asymmetric, written ``HxW``: ``3x2`` = 3 vertically (rows), 2 horizontally (columns). The N of
+  a ``benchmark-N`` / ``div2k-N`` eval type is replaced by ``ceil(s)`` (the larger of the two
+  for an asymmetric scale), so ×2.5 shaves 3 pixels. Without ``--scales`` the config's wrapper
+  is used as is (official ``configs/test-lmf`` and paired ``test-original`` configs work).
+* HR size (H, W) of a sample comes from its cell (``cell = (2/H, 2/W)`` of the HR crop the wrapper
+  made) and is checked against the number of queries, so it is right for every wrapper
+  (downsampled: ``round(h·s)``; paired: ``h·s``) without re-deriving the wrapper's rounding.
+* The scale used for cell clipping is the nominal one (``--scales``, or the wrapper's fixed
+  scale), else the sample's own ``H/h``, ``W/w`` (paired folders). For the official configs this
+  is the scale of their ``eval_type`` — the same numbers.
+* ``--window 8`` reproduces the official SwinIR protocol: the LR is mirror-padded (flip along H,
+  then W) to ``(h // 8 + 1) · 8``, the grid ``(round(h_pad·sy), round(w_pad·sx))`` with cell
+  2/grid is predicted and cropped top-left to the HR size. Our SwinIR encoder pads and crops
+  internally, so this is only needed to reproduce official numbers.
+* Booleans are real flags; CMSR is on only with ``--cmsr TABLE``; SR images are written only
+  with ``--save-dir`` (``<dir>/x<scale>/<image stem>.png``), never into a dataset folder.
+* Relative paths (in the config and on the command line) are resolved from the **current
+  directory**; the configs in ``configs/test/`` assume the repository root.
+* Images are evaluated one at a time (the config's ``batch_size`` is not used: HR crops differ
+  in size); the official ``eval_bsize`` key is accepted and ignored (use ``--bsize``).
+  Random-scale wrappers draw from ``random`` seeded with 0, so reruns see the same samples.
+
+Every user error (bad argument, config, dataset, image, checkpoint) prints one line
+``error: ...`` on stderr and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from utils.errors import UserError
+
+# torch, models and datasets are imported inside the functions, after the arguments are parsed,
+# so that --help and argument errors answer at once.
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from models.cmsr import CMSR
+
+ScaleHW = tuple[float, float]
+
+
+# ---------------------------------------------------------------------------------------------
+# arguments
+
+def _fmt(x: float) -> str:
+    return f"{x:.10g}"
+
+
+def scale_label(s: ScaleHW) -> str:
+    """``4``, ``2.5`` or ``3x2`` (H x W): used in tables, JSON and the ``--save-dir`` subfolder."""
+    return _fmt(s[0]) if s[0] == s[1] else f"{_fmt(s[0])}x{_fmt(s[1])}"
+
+
+def _positive_float(text: str, what: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what}: {text!r} is not a number") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"{what}: {text!r} must be a finite number > 0")
+    return v
+
+
+def parse_scales(text: str) -> list[ScaleHW]:
+    """``'2,3.5,3x2'`` -> [(2, 2), (3.5, 3.5), (3, 2)]; duplicates dropped, order kept."""
+    out: list[ScaleHW] = []
+    for tok in text.split(","):
+        tok = tok.strip()
+        if not tok:
+            raise argparse.ArgumentTypeError(f"empty scale in {text!r} (write e.g. 2,3,4 or 3x2)")
+        parts = tok.lower().split("x")
+        if len(parts) == 1:
+            s = _positive_float(parts[0], "scale")
+            hw = (s, s)
+        elif len(parts) == 2:
+            hw = (_positive_float(parts[0], f"scale {tok!r} (HxW)"), _positive_float(parts[1], f"scale {tok!r} (HxW)"))
+        else:
+            raise argparse.ArgumentTypeError(f"scale {tok!r}: expected a number or HxW (e.g. 3x2)")
+        if hw not in out:
+            out.append(hw)
+    return out
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return v
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return v
+
+
+def _scale_max(text: str) -> float:
+    return _positive_float(text, "--scale-max")
+
+
+def _device(text: str) -> str:
+    if text in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: expected auto, cpu, cuda or cuda:N")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, status 2 (argparse's default prints usage too)
+        raise UserError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(description="Evaluate an SR checkpoint (PSNR/SSIM) on a test config. Relative paths "
+                            "are resolved from the current directory.")
+    p.add_argument("--config", required=True, help="test config YAML (configs/test/*.yaml or official test-lmf/test-original)")
+    p.add_argument("--model", required=True, help="checkpoint (.pth, official or ours), or 'bicubic' for the Pillow bicubic baseline")
+    p.add_argument("--scales", type=parse_scales, default=None,
+                   help="comma list of scales overriding the config's, e.g. 2,3,4,6,8,12; non-integer "
+                        "(2.5) and asymmetric HxW (3x2 = 3 vertically, 2 horizontally) allowed")
+    p.add_argument("--device", type=_device, default="auto", help="auto (default: cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--bsize", type=_positive_int, default=None, help="queries per decoding chunk (default: the model's)")
+    p.add_argument("--cmsr", metavar="TABLE", default=None, help="enable CMSR with this Scale2Mod table (YAML)")
+    p.add_argument("--save-dir", default=None, help="write SR images as <dir>/x<scale>/<stem>.png")
+    p.add_argument("--out", default=None, help="write per-image results and means (.json or .csv)")
+    p.add_argument("--scale-max", type=_scale_max, default=4.0, help="training scale: cells are enlarged by max(s/scale_max, 1) (default 4)")
+    p.add_argument("--window", type=_non_negative_int, default=0, help="official SwinIR test padding to a multiple of WINDOW (8); default 0 = off")
+    p.add_argument("--limit", type=_positive_int, default=None, help="evaluate only the first N images (per scale)")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# runs: one dataset (and eval type) per scale
+
+@dataclass
+class Run:
+    label: str | None              # scale label, None when the wrapper decides per image
+    scale: ScaleHW | None          # nominal scale (cell clipping, window grid)
+    eval_type: str | None
+    dataset: Any
+    names: list[str]
+    roots: list[Path]
+    records: list[dict] = field(default_factory=list)
+
+
+def eval_type_for(eval_type: str | None, s: ScaleHW) -> str | None:
+    """``benchmark-N`` / ``div2k-N`` with N = ceil of the (larger) scale."""
+    if eval_type is None:
+        return None
+    m = re.fullmatch(r"(benchmark|div2k)(-\d+)?", eval_type)
+    if m is None:
+        return eval_type
+    return f"{m.group(1)}-{math.ceil(max(s) - 1e-9)}"
+
+
+def _fixed_scale(wrapper: dict) -> ScaleHW | None:
+    """The scale a ``sr-implicit-downsampled`` wrapper spec always uses, if it is fixed."""
+    if wrapper.get("name") != "sr-implicit-downsampled":
+        return None
+    a = wrapper.get("args") or {}
+    if a.get("scale_hw") is not None:
+        sy, sx = (float(v) for v in a["scale_hw"])
+        return sy, sx
+    lo = a.get("scale_min", 1)
+    hi = a.get("scale_max")
+    hi = lo if hi is None else hi
+    return (float(lo), float(lo)) if lo == hi else None
+
+
+def _dataset_files(ds: Any) -> tuple[list[str], list[Path]]:
+    """Image names (for reports/saving) and the dataset folders (never written into)."""
+    inner = getattr(ds, "dataset", ds)
+    if hasattr(inner, "dataset_2"):  # paired: name after the HR image
+        files, roots = inner.dataset_2.files, [inner.dataset_1.root, inner.dataset_2.root]
+    elif hasattr(inner, "files"):
+        files, roots = inner.files, [inner.root]
+    else:
+        return [f"{i:04d}" for i in range(len(ds))], []
+    n = len(files)
+    names = [files[i % n].name if i < n else f"{Path(files[i % n]).stem}_r{i // n}{Path(files[i % n]).suffix}"
+             for i in range(len(ds))]
+    return names, list(roots)
+
+
+def build_runs(cfg: dict, config_path: str, scales: list[ScaleHW] | None) -> list[Run]:
+    import datasets
+    from utils.metrics import parse_eval_type
+
+    td = cfg["test_dataset"]
+    eval_type = cfg.get("eval_type")
+    parse_eval_type(eval_type)  # fail early on an unknown eval type
+    wrapper = td.get("wrapper")
+    if wrapper is not None and (wrapper.get("args") or {}).get("sample_q") is not None:
+        raise UserError(f"{config_path}: test_dataset.wrapper.args.sample_q: evaluation needs the "
+                        "full HR grid; remove sample_q")
+    runs = []
+    if scales is None:
+        if wrapper is None:
+            raise UserError(f"{config_path}: test_dataset has no wrapper; add one "
+                            "(sr-implicit-downsampled or sr-implicit-paired) or pass --scales")
+        fixed = _fixed_scale(wrapper)
+        ds = datasets.make_dataset(td["dataset"], wrapper)
+        names, roots = _dataset_files(ds)
+        runs.append(Run(None if fixed is None else scale_label(fixed), fixed, eval_type, ds, names, roots))
+        return runs
+    if wrapper is not None and wrapper["name"] != "sr-implicit-downsampled":
+        raise UserError(f"--scales needs HR images downsampled on the fly (wrapper sr-implicit-downsampled); "
+                        f"{config_path} uses {wrapper['name']!r}: run it without --scales")
+    base = dict((wrapper or {}).get("args") or {})
+    if base.get("inp_size") is not None:
+        raise UserError(f"{config_path}: test_dataset.wrapper.args.inp_size: --scales evaluates whole "
+                        "images; remove inp_size")
+    for k in ("scale_min", "scale_max", "scale_hw"):
+        base.pop(k, None)
+    inner = datasets.make(td["dataset"])
+    for s in scales:
+        args = dict(base, **({"scale_min": s[0], "scale_max": s[0]} if s[0] == s[1] else {"scale_hw": list(s)}))
+        ds = datasets.make({"name": "sr-implicit-downsampled", "args": args}, args={"dataset": inner})
+        names, roots = _dataset_files(ds)
+        runs.append(Run(scale_label(s), s, eval_type_for(eval_type, s), ds, names, roots))
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation of one sample
+
+def hr_size(item: dict) -> tuple[int, int]:
+    """(H, W) of the sample's HR crop, from its cell (2/H, 2/W), checked against Q."""
+    cell, q = item["cell"], item["gt"].shape[0]
+    if cell.shape[0] == 0:
+        raise UserError("a test sample has no queries")
+    H, W = round(2.0 / float(cell[0, 0])), round(2.0 / float(cell[0, 1]))
+    if H * W != q or item["coord"].shape[0] != q:
+        raise UserError(f"a test sample has {q} queries, not the full {H}x{W} HR grid "
+                        "(the wrapper must not subsample queries: remove sample_q)")
+    return H, W
+
+
+def mirror_pad(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Official SwinIR test padding: append flipped copies along H then W up to
+    ``(n // multiple + 1) * multiple`` (always at least one row/column)."""
+    import torch
+
+    h, w = x.shape[-2:]
+    th, tw = (h // multiple + 1) * multiple, (w // multiple + 1) * multiple
+    while x.shape[-2] < th:
+        x = torch.cat([x, x.flip(-2)], dim=-2)
+    x = x[..., :th, :]
+    while x.shape[-1] < tw:
+        x = torch.cat([x, x.flip(-1)], dim=-1)
+    return x[..., :tw]
+
+
+@dataclass
+class Options:
+    scale_max: float = 4.0
+    window: int = 0
+    bsize: int | None = None
+    cmsr: "CMSR | None" = None
+    inp_norm: tuple = ((0.5,), (0.5,))
+    gt_norm: tuple = ((0.5,), (0.5,))
+
+
+def super_resolve(model: torch.nn.Module, item: dict, scale: ScaleHW | None, opt: Options,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor, ScaleHW, dict]:
+    """One sample -> (SR (3, H, W) in [0, 1] on the CPU, HR (3, H, W), scale used, stats)."""
+    from models.inference import predict
+    from utils.coords import make_cell, make_coord
+
+    H, W = hr_size(item)
+    inp = item["inp"].unsqueeze(0).to(device)
+    h, w = inp.shape[-2:]
+    s = scale if scale is not None else (H / h, W / w)
+    stats: dict = {}
+    hr = item["gt"].view(H, W, 3).permute(2, 0, 1).contiguous()
+    if model is None:  # the bicubic baseline: Pillow bicubic upscaling of the (8-bit) LR image
+        from datasets.resize import resize_bicubic
+        return resize_bicubic(item["inp"], (H, W)), hr, s, stats
+    kw = dict(scale_hw=s, scale_max=opt.scale_max, bsize=opt.bsize,
+              cmsr=opt.cmsr if opt.cmsr is not None else False, stats=stats,
+              inp_norm=opt.inp_norm, gt_norm=opt.gt_norm)
+    if opt.window > 0:
+        inp = mirror_pad(inp, opt.window)
+        hp, wp = inp.shape[-2:]
+        gh, gw = round(hp * s[0]), round(wp * s[1])
+        if gh < H or gw < W:
+            raise UserError(f"--window: padded grid {gh}x{gw} is smaller than the HR crop {H}x{W}")
+        coord = make_coord((gh, gw), device=device).unsqueeze(0)
+        cell = make_cell((gh, gw), device=device).unsqueeze(0)
+        pred = predict(model, inp, coord, cell, **kw).view(gh, gw, 3)[:H, :W]
+    else:
+        coord = item["coord"].unsqueeze(0).to(device)
+        cell = item["cell"].unsqueeze(0).to(device)
+        pred = predict(model, inp, coord, cell, **kw).view(H, W, 3)
+    sr = pred.permute(2, 0, 1).float().cpu().contiguous()
+    return sr, hr, s, stats
+
+
+def _metric_scale(s: ScaleHW) -> int:
+    return max(1, math.ceil(max(s) - 1e-9))
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def check_not_in_dataset(path: Path, roots: Sequence[Path], what: str) -> None:
+    for r in roots:
+        if _inside(path, r):
+            raise UserError(f"{what} {path} is inside the dataset folder {r}; choose another location")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary sibling and rename, so a crash never leaves a half-written file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, "x", encoding="utf-8", newline="") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return math.fsum(vals) / len(vals) if vals else None
+
+
+def summarise(runs: list[Run]) -> list[dict]:
+    means = []
+    for run in runs:
+        recs = run.records
+        if not recs:
+            continue
+        labels = sorted({r["scale"] for r in recs})
+        label = run.label or (labels[0] if len(labels) == 1 else "mixed")
+        means.append({"scale": label, "eval_type": run.eval_type, "images": len(recs),
+                      "psnr": _mean([r["psnr"] for r in recs]), "ssim": _mean([r["ssim"] for r in recs]),
+                      "cmsr_skipped": _mean([r["cmsr_skipped"] for r in recs])})
+    return means
+
+
+CSV_FIELDS = ("kind", "image", "scale", "eval_type", "images", "psnr", "ssim", "cmsr_skipped",
+              "lr_h", "lr_w", "hr_h", "hr_w")
+
+
+def results_text(path: Path, records: list[dict], means: list[dict], meta: dict) -> str:
+    if path.suffix.lower() == ".json":
+        return json.dumps({**meta, "records": records, "means": means}, indent=1) + "\n"
+    buf = io.StringIO()
+    wr = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    wr.writeheader()
+    for r in records:
+        wr.writerow({"kind": "image", "images": 1, **r, "lr_h": r["lr_size"][0], "lr_w": r["lr_size"][1],
+                     "hr_h": r["hr_size"][0], "hr_w": r["hr_size"][1]})
+    for m in means:
+        wr.writerow({"kind": "mean", "image": "", **m})
+    return buf.getvalue()
+
+
+def _row(name: str, scale: str, p: float, s: float, skipped: float | None, extra: str = "") -> str:
+    line = f"{name:<24} {scale:>8} {p:>9.4f} {s:>8.4f}"
+    if skipped is not None:
+        line += f" {100 * skipped:>8.2f}%"
+    return line + extra
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+
+def resolve_device(name: str) -> torch.device:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: CUDA is not available (use --device cpu or auto)")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+        return dev
+    return torch.device(name)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    import datasets
+    import models
+    from models.cmsr import CMSR, Scale2Mod
+    from models.registry import MODELS
+    from utils.config import TEST, load_config
+    from utils.images import save_image
+    from utils.metrics import psnr, ssim
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+    cfg = load_config(args.config, TEST, registries={"model": MODELS, "dataset": datasets.DATASETS})
+    runs = build_runs(cfg, args.config, args.scales)
+
+    out_path = Path(args.out) if args.out else None
+    if out_path is not None and out_path.suffix.lower() not in (".json", ".csv"):
+        raise UserError(f"--out {out_path}: the file must end in .json or .csv")
+    save_dir = Path(args.save_dir) if args.save_dir else None
+    roots = [r for run_ in runs for r in run_.roots]
+    if save_dir is not None:
+        check_not_in_dataset(save_dir, roots, "--save-dir")
+        if save_dir.exists() and not save_dir.is_dir():
+            raise UserError(f"--save-dir {save_dir} exists and is not a folder")
+    if out_path is not None:
+        check_not_in_dataset(out_path, roots, "--out")
+        if out_path.is_dir():
+            raise UserError(f"--out {out_path} is a folder")
+
+    cmsr = CMSR(Scale2Mod.load(args.cmsr)) if args.cmsr else None
+    device = resolve_device(args.device)
+    model = None if args.model == "bicubic" else models.load_model(args.model, device=device)
+    norm = cfg["data_norm"]
+    opt = Options(scale_max=args.scale_max, window=args.window, bsize=args.bsize, cmsr=cmsr,
+                  inp_norm=(norm["inp"]["sub"], norm["inp"]["div"]),
+                  gt_norm=(norm["gt"]["sub"], norm["gt"]["div"]))
+
+    kind = "Pillow bicubic baseline" if model is None else type(model).__name__
+    print(f"# model {args.model} ({kind}) on {device}; config {args.config}", flush=True)
+    print(f"# {'image':<22} {'scale':>8} {'PSNR':>9} {'SSIM':>8}" + (f" {'skipped':>9}" if cmsr else ""), flush=True)
+    input_files = set()
+    for run_ in runs:
+        inner = getattr(run_.dataset, "dataset", None)
+        for ds in (inner, getattr(inner, "dataset_1", None), getattr(inner, "dataset_2", None)):
+            input_files.update(str(p.resolve()) for p in getattr(ds, "files", []) or [])
+
+    written: set[Path] = set()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for run_ in runs:
+            n = len(run_.dataset) if args.limit is None else min(args.limit, len(run_.dataset))
+            bar = tqdm(range(n), desc=f"x{run_.label}" if run_.label else "test", file=sys.stderr,
+                       disable=None, leave=False, dynamic_ncols=True)
+            for i in bar:
+                item = run_.dataset[i]
+                name = run_.names[i]
+                sr, hr, s, stats = super_resolve(model, item, run_.scale, opt, device)
+                label = run_.label or scale_label((round(s[0], 4), round(s[1], 4)))
+                eval_type = run_.eval_type
+                try:
+                    p = psnr(sr, hr, eval_type, scale=_metric_scale(s))
+                    q = ssim(sr, hr, eval_type, scale=_metric_scale(s))
+                except ValueError as e:
+                    raise UserError(f"{name} at x{label}: {e}") from None
+                skipped = None if cmsr is None else float(stats.get("cmsr_skipped_fraction", 0.0))
+                rec = {"image": name, "scale": label, "scale_h": s[0], "scale_w": s[1],
+                       "eval_type": eval_type, "lr_size": list(item["inp"].shape[-2:]),
+                       "hr_size": list(hr.shape[-2:]), "psnr": p, "ssim": q, "cmsr_skipped": skipped}
+                run_.records.append(rec)
+                if save_dir is not None:
+                    dest = save_dir / f"x{label}" / f"{Path(name).stem}.png"
+                    if dest in written:  # a.png and a.jpg in one folder: keep both
+                        dest = dest.with_name(f"{Path(name).stem}_{Path(name).suffix.lstrip('.')}.png")
+                    written.add(dest)
+                    check_not_in_dataset(dest, roots, "output image")
+                    if str(dest.resolve()) in input_files:
+                        raise UserError(f"refusing to overwrite input image {dest}")
+                    try:
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                    except OSError as e:
+                        raise UserError(f"cannot create {dest.parent}: {e.strerror or e}") from None
+                    save_image(sr, dest)
+                bar.set_postfix(psnr=f"{_mean([r['psnr'] for r in run_.records]):.4f}")
+                tqdm.write(_row(name, f"x{label}", p, q, skipped), file=sys.stdout)
+                sys.stdout.flush()
+            bar.close()
+    elapsed = time.perf_counter() - t0
+
+    means = summarise(runs)
+    print()
+    print(f"# {'means':<22} {'scale':>8} {'PSNR':>9} {'SSIM':>8}" + (f" {'skipped':>9}" if cmsr else "")
+          + "  images  eval_type")
+    for m in means:
+        print(_row("mean", f"x{m['scale']}", m["psnr"], m["ssim"], m["cmsr_skipped"],
+                   f"  {m['images']:>6}  {m['eval_type']}"))
+    print(f"# {sum(m['images'] for m in means)} evaluations in {elapsed:.1f} s")
+
+    if out_path is not None:
+        records = [r for run_ in runs for r in run_.records]
+        meta = {"model": args.model, "config": args.config, "device": str(device),
+                "scale_max": args.scale_max, "window": args.window, "cmsr": args.cmsr}
+        write_atomic(out_path, results_text(out_path, records, means, meta))
+        print(f"# results written to {out_path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except UserError as e:
+        msg = " ".join(str(e).split())
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA, MPS)
+            print("error: out of memory while decoding; pass a smaller --bsize (queries per chunk)",
+                  file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,9 +21,12 @@ TEST_FILES = sorted((CONFIGS / "test").glob("*.yaml"))  # empty if the folder is
 # REFERENCE §6.3 (verified by instantiating the official classes; EDSR-b includes the 24 frozen
 # MeanShift parameters).
 PARAMS = {
-    "edsr-baseline": {"liif": 1_567_323, "lte": 1_714_267, "lmliif": 1_386_091, "lmlte": 1_490_907},
-    "rdn": {"liif": 22_320_835, "lte": 22_467_779, "lmliif": 22_139_603, "lmlte": 22_244_419},
-    "swinir": {"liif": 11_949_927, "lte": 12_096_871, "lmliif": 11_782_615, "lmlte": 11_873_511},
+    "edsr-baseline": {"liif": 1_567_323, "lte": 1_714_267, "lmliif": 1_386_091, "lmlte": 1_490_907,
+                      "lmciaosr": 1_955_438},
+    "rdn": {"liif": 22_320_835, "lte": 22_467_779, "lmliif": 22_139_603, "lmlte": 22_244_419,
+            "lmciaosr": 22_708_950},
+    "swinir": {"liif": 11_949_927, "lte": 12_096_871, "lmliif": 11_782_615, "lmlte": 11_873_511,
+               "lmciaosr": 12_338_042},
 }
 RECIPES = [(e, d) for e in PARAMS for d in PARAMS[e]]
 
@@ -52,12 +55,16 @@ def test_all_official_recipes_present() -> None:
 def test_official_recipe(enc: str, dec: str) -> None:
     cfg = load_config(CONFIGS / "train" / f"train_{enc}-{dec}.yaml", TRAIN, REGISTRIES)
     lm, swin = dec.startswith("lm"), enc == "swinir"
+    ciao = dec == "lmciaosr"
+    # LM-CiaoSR with EDSR-b/RDN: 64x64 patches, 4096 queries; its RDN recipe keeps the EDSR-b
+    # schedule (the official train_rdn-lmciaosr.yaml)
+    patch, queries = (64, 4096) if ciao and not swin else (48, 2304)
     # optimisation (REFERENCE §5.1)
     assert cfg["optimizer"] == {"name": "adam", "args": {"lr": 2e-4 if swin else 1e-4}}
     assert cfg["train_dataset"]["batch_size"] == (32 if swin else 16)
     if swin:
         assert (cfg["epoch_max"], cfg["multi_step_lr"]["milestones"]) == (1000, [500, 800, 900, 950])
-    elif lm and enc == "edsr-baseline":
+    elif lm and (enc == "edsr-baseline" or ciao):
         assert (cfg["epoch_max"], cfg["multi_step_lr"]["milestones"]) == (1200, [200, 400, 600, 800, 1000])
     else:
         assert (cfg["epoch_max"], cfg["multi_step_lr"]["milestones"]) == (1000, [200, 400, 600, 800])
@@ -68,13 +75,14 @@ def test_official_recipe(enc: str, dec: str) -> None:
     assert tr["dataset"]["args"] == {"root_path": "load/div2k/DIV2K_train_HR", "repeat": 20,
                                      "cache": "in_memory"}
     assert tr["wrapper"] == {"name": "sr-implicit-downsampled",
-                             "args": {"inp_size": 48, "scale_max": 4, "augment": True, "sample_q": 2304}}
+                             "args": {"inp_size": patch, "scale_max": 4, "augment": True, "sample_q": queries}}
     assert va["dataset"]["args"] == {"root_path": "load/div2k/DIV2K_valid_HR", "first_k": 10,
                                      "repeat": 160, "cache": "in_memory"}
-    assert va["wrapper"]["args"] == {"inp_size": 48, "scale_max": 4, "sample_q": 2304}
+    assert va["wrapper"]["args"] == {"inp_size": patch, "scale_max": 4, "sample_q": queries}
     # model: registry names and the official parameter count
     assert cfg["model"]["name"] == dec
-    assert cfg["model"]["args"]["encoder_spec"] == {"name": enc, "args": {"no_upsampling": True}}
+    encoder_key = "encoder" if ciao else "encoder_spec"  # the official argument names
+    assert cfg["model"]["args"][encoder_key] == {"name": enc, "args": {"no_upsampling": True}}
     model = models.make(cfg["model"])
     n = sum(p.numel() for p in model.parameters())
     assert n == PARAMS[enc][dec], f"{enc}-{dec}: {n:,} parameters, official {PARAMS[enc][dec]:,}"

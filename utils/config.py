@@ -133,7 +133,7 @@ class Validator:
                 self.fail(key, str(e))
             args = dict(args)
             for k, a in args.items():
-                if k.endswith("_spec") and isinstance(a, Mapping) and "name" in a:
+                if isinstance(a, Mapping) and "name" in a and set(a) <= {"name", "args"}:  # a nested spec
                     args[k] = self.spec(a, "model", f"{key}.args.{k}", nested=True)
         return {"name": v["name"], "args": dict(args)}
 

@@ -179,7 +179,7 @@ def train_epoch(model, loader, optimizer, cfg, device, amp, log: Log, epoch: int
         if bar is not None:
             bar.set_postfix(loss=f"{total / count:.4f}")
             bar.update(1)
-        elif rank == 0 and not sys.stderr.isatty() and (it + 1) % max(1, n_iter // 4) == 0 and it + 1 < n_iter:
+        elif rank == 0 and (it + 1) % max(1, n_iter // 4) == 0 and it + 1 < n_iter:
             print(f"  epoch {epoch}: {it + 1}/{n_iter} iterations, loss={total / count:.4f}", flush=True)
     if bar is not None:
         bar.close()
@@ -219,14 +219,14 @@ def validate(model, loader, cfg, device, world: int) -> float:
 
 
 def _progress(n: int, desc: str, rank: int):
-    if rank != 0:
+    """A tqdm bar on an interactive terminal (rank 0); None otherwise (progress lines instead)."""
+    if rank != 0 or not sys.stderr.isatty():
         return None
     try:
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(total=n, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr,
-                disable=not sys.stderr.isatty())
+    return tqdm(total=n, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
 # --- main --------------------------------------------------------------------------------------

@@ -9,9 +9,10 @@
 
 Any Pillow-readable input (PNG, JPEG, BMP, TIFF, ...; grayscale, palette, 16-bit). Colour is
 upscaled by the model; an alpha channel is upscaled separately with Pillow's bicubic filter and
-re-attached (JPEG output drops it). Grayscale inputs give grayscale outputs. Output is 8-bit,
-PNG/JPEG/... by the output's extension, written atomically. Memory grows with the output image
-only: queries are rendered in row bands (``--bsize`` queries at a time).
+re-attached (JPEG output drops it). Grayscale inputs give grayscale outputs (L, or LA with alpha).
+EXIF orientation is not applied: the output follows the stored pixel grid. A 1x1 image is a valid
+input. Output is 8-bit, PNG/JPEG/... by the output's extension, written atomically. Memory grows
+with the output image only: queries are rendered in row bands (``--bsize`` queries at a time).
 """
 from __future__ import annotations
 
@@ -27,6 +28,12 @@ MAX_SIDE = 65535  # PNG/JPEG limits are around here anyway
 
 class ArgError(Exception):
     """Bad command-line argument: one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, status 2 (argparse's default prints usage too)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 def parse_scale(text: str) -> tuple[float, float]:
@@ -88,6 +95,8 @@ def run(args: argparse.Namespace) -> dict:
         raise ArgError(f"input image {inp_path} does not exist")
     if out_path.exists() and inp_path.exists() and out_path.resolve() == inp_path.resolve():
         raise ArgError(f"--output is the input file {inp_path}; refusing to overwrite the input")
+    if out_path.is_dir():
+        raise ArgError(f"--output {out_path} is a folder; give a file name such as {out_path / 'out.png'}")
     if not out_path.parent.resolve().is_dir():
         raise ArgError(f"output folder {out_path.parent} does not exist")
     if out_path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"):
@@ -145,7 +154,7 @@ def run(args: argparse.Namespace) -> dict:
         from PIL import Image
         a = Image.fromarray(alpha).resize((W, H), Image.BICUBIC)
         a = torch.from_numpy(np.array(a, dtype=np.float32) / 255).unsqueeze(0)
-        out = torch.cat([out.expand(3, -1, -1) if gray else out, a], dim=0)
+        out = torch.cat([out, a], dim=0)  # LA (gray) or RGBA
     save_image(out, out_path)
     return {"in": (w, h), "out": (W, H), **stats}
 
@@ -157,7 +166,7 @@ def _is_gray(path: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", required=True, help="image to upscale")
     ap.add_argument("--output", required=True, help="where to write the result (.png, .jpg, ...)")
     ap.add_argument("--scale", help="factor (3.5) or 'x,y' factors (2,3)")
@@ -181,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print("error: out of memory; use a smaller --scale/--size or a smaller --bsize", file=sys.stderr)
         return 2
+    except Exception as e:
+        if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA, MPS): a RuntimeError
+            print("error: out of GPU memory; pass a smaller --bsize (queries rendered at a time), "
+                  "or use --device cpu", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130

@@ -487,8 +487,11 @@ def run(argv: Sequence[str] | None = None) -> int:
             bar = tqdm(range(n), desc=f"x{run_.label}" if run_.label else "test", file=sys.stderr,
                        disable=None, leave=False, dynamic_ncols=True)
             for i in bar:
-                item = run_.dataset[i]
                 name = run_.names[i]
+                try:
+                    item = run_.dataset[i]
+                except UserError as e:  # name the image when the dataset's message does not
+                    raise (e if name in str(e) else UserError(f"{name}: {e}")) from None
                 sr, hr, s, stats = super_resolve(model, item, run_.scale, opt, device)
                 label = run_.label or scale_label((round(s[0], 4), round(s[1], 4)))
                 eval_type = run_.eval_type

@@ -17,6 +17,7 @@ a different number of processes with the same global batch, sees exactly the sam
 from __future__ import annotations
 
 import argparse
+import glob
 import math
 import os
 import random
@@ -41,6 +42,16 @@ from utils.config import TRAIN, ConfigError, load_config
 from utils.errors import UserError
 
 REGISTRIES = {"model": models.registry.MODELS, "dataset": datasets.DATASETS}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, status 2 (argparse's default prints usage too)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+class NonFinite(UserError):
+    """The loss or the weights became inf/NaN (training diverged)."""
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -163,8 +174,7 @@ def train_epoch(model, loader, optimizer, cfg, device, amp, log: Log, epoch: int
             pred = model(inp, coord, cell)
             loss = loss_fn(pred.float(), gt)
         if not torch.isfinite(loss):
-            raise UserError(f"loss became {loss.item()} at epoch {epoch}, iteration {it + 1}: training "
-                            "stopped; the last good checkpoint is kept (try a lower learning rate)")
+            raise NonFinite(f"loss became {loss.item()} at epoch {epoch}, iteration {it + 1}")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -172,7 +182,13 @@ def train_epoch(model, loader, optimizer, cfg, device, amp, log: Log, epoch: int
             scaler.update()
         else:
             loss.backward()
-            optimizer.step()
+            try:
+                optimizer.step()
+            except RuntimeError as e:  # e.g. lr 1e39: "value cannot be converted to type float without overflow"
+                if "overflow" not in str(e):
+                    raise
+                raise NonFinite(f"the optimizer step overflowed at epoch {epoch}, iteration {it + 1} "
+                                f"(learning rate {optimizer.param_groups[0]['lr']:.3g})") from None
         total += loss.item()
         count += 1
         log.scalar("loss/train", loss.item(), (epoch - 1) * n_iter + it + 1)
@@ -242,6 +258,9 @@ def run(args: argparse.Namespace) -> None:
     if args.resume:
         name = args.name or (_default_name(args.config) if args.config else None)
         path = args.resume if args.resume != "auto" else os.path.join(args.save_root, name or "", "epoch-last.pth")
+        if args.resume == "auto" and not os.path.exists(path):
+            raise UserError(f"nothing to resume: {path} does not exist (no epoch was completed yet?); "
+                            "run without --resume to start from scratch")
         resume_ckpt = load_checkpoint(path, map_location="cpu")
         if not {"model", "optimizer", "epoch", "config"} <= set(resume_ckpt):
             raise UserError(f"{path} cannot be resumed: it lacks the training state "
@@ -260,11 +279,18 @@ def run(args: argparse.Namespace) -> None:
         raise UserError("--amp needs a CUDA device")
     scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 else None
 
+    stale = []
     if rank == 0:
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, "config.yaml"), "w") as f:
             yaml.safe_dump(cfg, f, sort_keys=False)
+        # temporary files of checkpoint writes that a crash interrupted (save_atomic's names)
+        stale = glob.glob(os.path.join(glob.escape(folder), ".tmp-*.pth"))
+        for tmp in stale:
+            os.unlink(tmp)
     log = Log(folder if rank == 0 else None)
+    if stale:
+        log(f"removed {len(stale)} temporary file(s) left by an interrupted checkpoint write")
 
     seed = cfg["seed"]
     torch.manual_seed(seed)
@@ -273,7 +299,14 @@ def run(args: argparse.Namespace) -> None:
     val_loader = make_loader(cfg["val_dataset"], False, seed + 1, world, rank, workers) \
         if cfg.get("val_dataset") else None
 
-    model = models.make(cfg["model"]).to(device)
+    try:
+        model = models.make(cfg["model"]).to(device)
+    except UserError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:  # e.g. hidden_dim: "x"
+        src = args.config or "the resumed checkpoint's config"
+        raise UserError(f"{src}: model: cannot build {cfg['model']['name']!r} from its args "
+                        f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
     optimizer = make_optimizer(model.parameters(), cfg["optimizer"])
     ms = cfg.get("multi_step_lr")
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, ms["milestones"], ms["gamma"]) if ms else None
@@ -295,11 +328,17 @@ def run(args: argparse.Namespace) -> None:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     t0 = time.time()
+    last_saved = epoch_start - 1
     for epoch in range(epoch_start, cfg["epoch_max"] + 1):
         t_ep = time.time()
         train_loader.dataset.epoch = epoch
         train_loader.sampler.set_epoch(epoch)
-        loss = train_epoch(net, train_loader, optimizer, cfg, device, amp, log, epoch, rank, scaler)
+        try:
+            loss = train_epoch(net, train_loader, optimizer, cfg, device, amp, log, epoch, rank, scaler)
+            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                raise NonFinite(f"the weights became inf/nan in epoch {epoch}")
+        except NonFinite as e:
+            raise UserError(_diverged(str(e), last_saved, folder)) from None
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
             scheduler.step()
@@ -309,17 +348,23 @@ def run(args: argparse.Namespace) -> None:
         is_best = False
         if val_loader is not None and epoch % epoch_val == 0:
             psnr = validate(net, val_loader, cfg, device, world)
+            if math.isnan(psnr):
+                raise UserError(_diverged(f"validation PSNR is nan after epoch {epoch} (the model outputs "
+                                          "inf/nan)", last_saved, folder))
             log.scalar("psnr/val", psnr, epoch)
             msg += f", val: psnr={psnr:.4f}"
             if psnr > best:
                 best, is_best = psnr, True
         if rank == 0:
             ck = checkpoint(model, cfg, optimizer, scheduler, epoch, best)
-            save_atomic(ck, os.path.join(folder, "epoch-last.pth"))
+            # epoch-last.pth is the commit point of an epoch, so it is written last: a crash between
+            # the writes resumes from the previous epoch and rewrites epoch-best/epoch-N identically
             if is_best:
                 save_atomic(ck, os.path.join(folder, "epoch-best.pth"))
             if cfg.get("epoch_save") and epoch % cfg["epoch_save"] == 0:
                 save_atomic(ck, os.path.join(folder, f"epoch-{epoch}.pth"))
+            save_atomic(ck, os.path.join(folder, "epoch-last.pth"))
+        last_saved = epoch
         elapsed = time.time() - t0
         log(f"{msg}, {time.time() - t_ep:.1f}s (total {elapsed / 60:.1f} min)")
         if cfg.get("max_minutes") and elapsed / 60 >= cfg["max_minutes"] and epoch < cfg["epoch_max"]:
@@ -337,12 +382,30 @@ def run(args: argparse.Namespace) -> None:
     log.close()
 
 
+def _diverged(what: str, last_saved: int, folder: str) -> str:
+    kept = (f"the last good checkpoint (epoch {last_saved}) is kept in {os.path.join(folder, 'epoch-last.pth')}"
+            if last_saved > 0 else "no checkpoint had been written yet")
+    return f"{what}: training stopped; {kept} (try a lower learning rate)"
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of a UserError; one re-raised from a DataLoader worker carries the worker's
+    whole traceback ("Caught UserError in DataLoader worker ... Original Traceback ..."), of
+    which the last line is the original message."""
+    msg = str(e)
+    if "Original Traceback" in msg:
+        last = msg.strip().splitlines()[-1]
+        prefix = f"{type(e).__module__}.{type(e).__qualname__}: "
+        msg = last[len(prefix):] if last.startswith(prefix) else last
+    return " ".join(msg.split())
+
+
 def _default_name(config: str) -> str:
     return "_" + os.path.splitext(os.path.basename(config))[0]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="training config (YAML)")
     ap.add_argument("--name", help="run name: outputs go to <save-root>/<name>/ (default _<config name>)")
     ap.add_argument("--save-root", default="save")
@@ -355,11 +418,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except (UserError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: the last completed epoch is in epoch-last.pth (resume with --resume)", file=sys.stderr)
         return 130
+    except (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)):  # torch < 2.5
+        print("error: out of memory; lower batch_size, inp_size or sample_q (or use --amp bf16 on CUDA); "
+              "the last completed epoch is in epoch-last.pth (resume with --resume)", file=sys.stderr)
+        return 2
     return 0
 
 

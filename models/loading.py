@@ -26,7 +26,11 @@ def load_model(source: str | os.PathLike | Mapping[str, Any], device: torch.devi
         spec["args"]["cmsr_spec"] = cmsr_spec
     try:
         model = make(spec, load_sd=True)
-    except SpecError as e:
+    except (SpecError, CheckpointError) as e:  # unknown name/argument, state dict that does not fit
         raise CheckpointError(f"{path}: {e}") from None
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:  # args of the wrong type
+        msg = " ".join(str(e).split()) or type(e).__name__
+        raise CheckpointError(f"{path}: cannot build model {spec['name']!r} from the checkpoint's args "
+                              f"({type(e).__name__}: {msg[:160]})") from None
     model = model.to(device)
     return model.eval() if eval_mode else model

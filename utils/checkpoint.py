@@ -29,20 +29,42 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint path is a directory: {path}")
     try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    if not head:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (it is an empty, zero-byte file)")
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # zip (torch >= 1.6) / pickle protocol 2+
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (neither a zip archive nor a "
+                              f"pickle; first bytes {head!r})")
+    try:
         with warnings.catch_warnings():  # torch's warnings about foreign pickles: we report our own line
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"refusing to load {path}: it is not a plain-weights checkpoint "
-                              f"(weights_only load failed: {first[:160]})") from None
+                              f"(weights_only load failed: {_unpickling_reason(e)[:160]})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError,
             ImportError, TypeError, KeyError, IndexError, MemoryError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({msg[:160]})") from None
+        msg = msg.split(". ")[0].rstrip(".")  # torch appends paragraphs of advice
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({msg[:160]}; "
+                              "truncated or corrupted?)") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} is not a checkpoint: expected a dict, got {type(ckpt).__name__}")
     return ckpt
+
+
+# boilerplate lines of torch's weights_only error (the reason is on another line)
+_TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation",
+                      "WeightsUnpickler error")
+
+
+def _unpickling_reason(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(_TORCH_BOILERPLATE)]
+    return (useful or lines or [type(e).__name__])[0]
 
 
 def model_spec(ckpt: Mapping[str, Any], path: str = "checkpoint") -> dict:

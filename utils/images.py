@@ -98,24 +98,24 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
 
 
 def save_image(img: torch.Tensor, path: str | os.PathLike, quality: int = 95) -> None:
-    """Write a (C, H, W) tensor in [0, 1] as 8-bit L (C=1), RGB (C=3) or RGBA (C=4; formats
-    without alpha, such as JPEG, get the RGB part); format from the extension.
+    """Write a (C, H, W) tensor in [0, 1] as 8-bit L (C=1), LA (C=2), RGB (C=3) or RGBA (C=4;
+    formats without alpha, such as JPEG and BMP, get the L/RGB part); format from the extension.
 
     Values are rounded (``(x*255).round().clamp(0, 255)``), not truncated. The file is written
     to a temporary name in the same folder and moved into place, so a crash never leaves a
     half-written image. ``quality`` applies to JPEG/WebP only.
     """
     path = Path(path)
-    if img.dim() != 3 or img.shape[0] not in (1, 3, 4):
-        raise ValueError(f"save_image expects a (1|3|4, H, W) tensor, got shape {tuple(img.shape)}")
+    if img.dim() != 3 or img.shape[0] not in (1, 2, 3, 4):
+        raise ValueError(f"save_image expects a (1|2|3|4, H, W) tensor, got shape {tuple(img.shape)}")
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None or fmt not in Image.SAVE:
         raise UserError(f"cannot save image {path}: unknown image extension {path.suffix!r}")
-    if img.shape[0] == 4 and fmt in ("JPEG", "BMP"):
-        img = img[:3]
+    if img.shape[0] in (2, 4) and fmt in ("JPEG", "BMP"):
+        img = img[:img.shape[0] - 1]
     arr = (img.detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8)
     arr = arr.permute(1, 2, 0).contiguous().numpy()
-    pil = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, mode={1: "L", 3: "RGB", 4: "RGBA"}[arr.shape[2]])
+    pil = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, mode={1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[arr.shape[2]])
     extra = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:

@@ -1,0 +1,175 @@
+#!/usr/bin/env python
+"""The paper's efficiency comparison, reproducible: params, MACs, latency and peak memory of
+LIIF / LTE / LM-LIIF / LM-LTE / LM-CiaoSR (EDSR-baseline encoder) across scales, plus CMSR.
+
+    python scripts/bench_efficiency.py                                   # CPU: 160x90 input
+    python scripts/bench_efficiency.py --lr-size 320x180 --device cuda   # the paper's setting
+    python scripts/bench_efficiency.py --models LM-LIIF --cmsr-model weights/lmliif_edsr-b_cpu.pth \\
+        --cmsr weights/cmsr_lmliif_edsr-b_cpu.yaml
+
+Each (model, scale) runs in its own process so that peak memory (max RSS on the CPU,
+``max_memory_allocated`` on CUDA) belongs to that configuration alone. MACs are counted with
+``torch.utils.flop_counter`` for the whole forward and for the decoder alone (everything after
+the encoder). Latency is the median of ``--repeats`` full forwards (encoder + decoder). Writes a
+markdown table (``--out``, default ``bench_efficiency.md``) and, if matplotlib is installed, a
+plot of decoder MACs vs scale (``.png`` beside it). CMSR rows need a trained LMF checkpoint and
+its Scale2Mod table (random weights have meaningless modulations).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import models
+    from bench_decoder import SPECS
+    from models.cmsr import CMSR, Scale2Mod
+    from models.inference import clip_cell
+    from utils.coords import make_cell, make_coord
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    w, h = (int(v) for v in args.lr_size.split("x"))
+    s = float(args.scale)
+    if args.cmsr:
+        model = models.load_model(args.cmsr_model, device=device)
+        cmsr = CMSR(Scale2Mod.load(args.cmsr))
+    else:
+        torch.manual_seed(0)
+        model = models.make(SPECS[args.model]).to(device).eval()
+        cmsr = False
+    inp = torch.rand(1, 3, h, w, device=device) * 2 - 1
+    H, W = round(h * s), round(w * s)
+    coord = make_coord((H, W), device=device).unsqueeze(0)
+    cell = clip_cell(make_cell((H, W), device=device).unsqueeze(0), (s, s))
+    stats: dict = {}
+
+    def full():
+        return model(inp, coord, cell, cmsr=cmsr, stats=stats)
+
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as fc:
+            full()
+        total_macs = fc.get_total_flops() / 2
+        with FlopCounterMode(display=False) as fc:
+            model.encode(inp)
+        enc_macs = fc.get_total_flops() / 2
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times = []
+        for i in range(args.repeats + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t = time.perf_counter()
+            full()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i:
+                times.append(time.perf_counter() - t)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)
+    params = sum(p.numel() for p in model.parameters())
+    enc_params = sum(p.numel() for p in model.encoder.parameters())
+    print(json.dumps(dict(model=args.model + (" +CMSR" if args.cmsr else ""), scale=s, params=params,
+                          dec_params=params - enc_params, macs=total_macs, dec_macs=total_macs - enc_macs,
+                          latency=statistics.median(times), peak_mib=peak, base_rss_mib=rss0 / 1024,
+                          skipped=stats.get("cmsr_skipped_fraction"))))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="LIIF,LTE,LM-LIIF,LM-LTE,LM-CiaoSR")
+    ap.add_argument("--scales", default="4,8,12")
+    ap.add_argument("--baseline-scales", default="4", help="scales for LIIF/LTE (slow on a CPU)")
+    ap.add_argument("--lr-size", default="160x90", help="input W x H (the paper: 320x180)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--cmsr-model", help="trained LMF checkpoint for the CMSR rows")
+    ap.add_argument("--cmsr", help="its Scale2Mod table")
+    ap.add_argument("--out", default="bench_efficiency.md")
+    ap.add_argument("--worker", nargs=2, metavar=("MODEL", "SCALE"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        args.model, args.scale = args.worker
+        worker(args)
+        return
+
+    base = {float(s) for s in args.baseline_scales.split(",")}
+    jobs = []
+    for m in args.models.split(","):
+        for s in args.scales.split(","):
+            if m in ("LIIF", "LTE") and float(s) not in base:
+                continue
+            jobs.append((m, s, False))
+            if args.cmsr and args.cmsr_model and m == "LM-LIIF" and float(s) > 4:
+                jobs.append((m, s, True))
+    rows = []
+    here = os.path.dirname(os.path.abspath(__file__))
+    for m, s, with_cmsr in jobs:
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", m, s, "--lr-size", args.lr_size,
+               "--device", args.device, "--repeats", str(args.repeats)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        if with_cmsr:
+            cmd += ["--cmsr", args.cmsr, "--cmsr-model", args.cmsr_model]
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": here})
+        if r.returncode != 0:
+            print(f"{m} x{s}: failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
+            continue
+        row = json.loads(r.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(f"{row['model']:>14} x{row['scale']:<4g} {row['dec_macs'] / 1e9:9.2f} GMAC decoder  "
+              f"{row['latency'] * 1000:9.1f} ms  peak {row['peak_mib']:8.0f} MiB", flush=True)
+
+    w, h = args.lr_size.split("x")
+    lines = [f"Input {w}x{h}, device {args.device}, median of {args.repeats}; MACs from torch.utils.flop_counter.", "",
+             "| model | scale | params | decoder params | MACs (G) | decoder MACs (G) | latency (ms) | peak mem (MiB) | CMSR skipped |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        sk = "" if r["skipped"] is None else f"{100 * r['skipped']:.1f}%"
+        lines.append(f"| {r['model']} | x{r['scale']:g} | {r['params']:,} | {r['dec_params']:,} | {r['macs'] / 1e9:.1f} | "
+                     f"{r['dec_macs'] / 1e9:.2f} | {r['latency'] * 1000:.1f} | {r['peak_mib']:.0f} | {sk} |")
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no plot)")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(r["model"] for r in rows):
+        pts = sorted((r["scale"], r["dec_macs"] / 1e9) for r in rows if r["model"] == name)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("scale")
+    ax.set_ylabel("decoder GMACs")
+    ax.set_title(f"Decoder cost, {w}x{h} input")
+    ax.legend()
+    fig.tight_layout()
+    png = os.path.splitext(args.out)[0] + ".png"
+    fig.savefig(png, dpi=120)
+    print(f"wrote {args.out} and {png}")
+
+
+if __name__ == "__main__":
+    main()

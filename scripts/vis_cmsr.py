@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""Show where CMSR renders at which resolution: a PNG with the SR image, the level map, and the
+map blended over the image.
+
+    python scripts/vis_cmsr.py --model weights/lmliif_edsr-b_cpu.pth \\
+        --cmsr weights/cmsr_lmliif_edsr-b_cpu.yaml --input img.png --scale 12 --output cmsr_levels.png
+
+Each LR cell is coloured by the decode scale that renders it (the finest level whose selection
+rule — REFERENCE §4.2 — includes the cell's mean |shift modulation|): dark = coarse (cheap),
+bright = rendered at the full target resolution.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+PALETTE = [(49, 54, 149), (69, 117, 180), (116, 173, 209), (254, 224, 144), (244, 109, 67), (215, 48, 39)]
+
+
+def level_map(mu, table, scale: float):
+    """Per-LR-cell index of the rendering level (0 = coarsest), and the levels' decode scales."""
+    import torch
+
+    decode, bounds = table.levels(scale)
+    active = [i for i, d in enumerate(decode) if d >= 1]
+    level = torch.full_like(mu, -1, dtype=torch.long)
+    first, last = active[0], active[-1]
+    for i in active:
+        if i == last:
+            sel = mu >= bounds[i]
+        elif i == first:
+            sel = mu <= bounds[i + 1]
+        else:
+            lo, hi = bounds[i], bounds[i + 1]
+            sel = (mu - (hi + lo) / 2).abs() <= (hi - lo) / 2
+        level[sel] = active.index(i)
+    return level, [decode[i] for i in active]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--cmsr", required=True, help="Scale2Mod table")
+    ap.add_argument("--input", required=True)
+    ap.add_argument("--scale", type=float, default=12)
+    ap.add_argument("--output", required=True)
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+    from PIL import Image, ImageDraw
+
+    import models
+    from models.cmsr import CMSR, Scale2Mod
+    from models.inference import clip_cell, normalise, upsample
+    from utils.coords import make_cell
+    from utils.errors import UserError
+    from utils.images import load_image
+
+    try:
+        model = models.load_model(args.model)
+        table = Scale2Mod.load(args.cmsr)
+        img = load_image(args.input).unsqueeze(0)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    h, w = img.shape[-2:]
+    H, W = round(h * args.scale), round(w * args.scale)
+    stats: dict = {}
+    sr = upsample(model, img, (H, W), cmsr=CMSR(table), stats=stats)[0]
+    with torch.no_grad():
+        cell = clip_cell(make_cell((H, W), n=1).unsqueeze(0), (args.scale, args.scale))
+        mu = model.prepare(normalise(img), cell).complexity[0, 0]
+    level, scales = level_map(mu, table, (H * W / (h * w)) ** 0.5)
+    colours = np.array(PALETTE[-len(scales):] if len(scales) <= len(PALETTE) else PALETTE * 3, dtype=np.uint8)
+    lv = level.numpy()
+    cmap = Image.fromarray(colours[np.clip(lv, 0, len(colours) - 1)]).resize((W, H), Image.NEAREST)
+    sr_img = Image.fromarray((sr.permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8))
+    blend = Image.blend(sr_img, cmap, 0.45)
+    legend_h = 28
+    canvas = Image.new("RGB", (3 * W, H + legend_h), "white")
+    for i, im in enumerate((sr_img, cmap, blend)):
+        canvas.paste(im, (i * W, 0))
+    draw = ImageDraw.Draw(canvas)
+    x = 6
+    for i, d in enumerate(scales):
+        n = int((lv == i).sum())
+        draw.rectangle([x, H + 6, x + 14, H + 20], fill=tuple(int(c) for c in colours[i]))
+        label = f"x{d:g}: {100 * n / lv.size:.0f}% of LR cells"
+        draw.text((x + 18, H + 8), label, fill="black")
+        x += 26 + 7 * len(label)
+    skipped = stats.get("cmsr_skipped_fraction")
+    if skipped is not None:
+        draw.text((x + 10, H + 8), f"render queries skipped: {100 * skipped:.1f}%", fill="black")
+    canvas.save(args.output)
+    print(f"wrote {args.output} ({3 * W}x{H + legend_h}); skipped {100 * (skipped or 0):.1f}% of render queries")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

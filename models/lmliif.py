@@ -50,19 +50,33 @@ class LMLIIF(ImplicitDecoder):
         imnet_in = self.code_dim + 2 + (2 if cell_decode else 0)
         self.imnet = make(imnet_spec, args={"in_dim": imnet_in, "mod_up_merge": False})
 
+    latent_band_cells = 1 << 16  # per-cell work runs on bands of LR rows of about this many cells
+
     def latent(self, feat: torch.Tensor, inp: torch.Tensor, cell: torch.Tensor) -> Latent:
         b, _, h, w = feat.shape
         extra = latent_cell(cell, h, w) if self.cell_decode else None
-        layers = self.hypernet.layers
-        mod = layers[1:](conv_linear(feat, layers[0], self.feat_unfold, extra))  # (B, h*w, mod_dim [+ hd])
-        code = mod[..., self.mod_dim:] if self.mod_input else as_table(feat)
-        w0 = self.imnet.hidden(0)
-        layer0_bias = code @ w0.weight[:, : self.code_dim].t() + w0.bias
-        folded = self.imnet.fold(mod[..., : self.mod_dim].reshape(b * h * w, -1),
-                                 layer0_bias.reshape(b * h * w, -1))
-        complexity = mod[..., self.imnet.shift_slice()].abs().mean(-1).view(b, 1, h, w)
-        return Latent(inp=inp, table=inp.new_zeros(b, h * w, 0),
-                      mods=folded.view(folded.shape[0], b, h * w, -1), complexity=complexity)
+        depth, hd = self.imnet.hidden_depth, self.imnet.hidden_dim
+        halo = 1 if self.feat_unfold else 0
+        band = max(1, self.latent_band_cells // w) if not torch.is_grad_enabled() else h
+        mods = feat.new_empty(depth, b, h * w, 2 * hd) if band < h else None
+        complexity = feat.new_empty(b, 1, h, w)
+        for r0 in range(0, h, band):  # bands bound the peak memory on large images (exact: 1-row halo)
+            r1 = min(h, r0 + band)
+            a0, a1 = max(0, r0 - halo), min(h, r1 + halo)
+            part = feat[:, :, a0:a1]
+            x = conv_linear(part, self.hypernet.layers[0], self.feat_unfold, extra)
+            mod = self.hypernet.layers[1:](x).view(b, a1 - a0, w, -1)[:, r0 - a0: r1 - a0].reshape(b, (r1 - r0) * w, -1)
+            code = mod[..., self.mod_dim:] if self.mod_input else as_table(feat[:, :, r0:r1])
+            w0 = self.imnet.hidden(0)
+            layer0_bias = code @ w0.weight[:, : self.code_dim].t() + w0.bias
+            folded = self.imnet.fold(mod[..., : self.mod_dim].reshape(-1, self.mod_dim),
+                                     layer0_bias.reshape(-1, hd))
+            if band >= h:
+                mods = folded.view(depth, b, h * w, -1)
+            else:
+                mods[:, :, r0 * w: r1 * w] = folded.view(depth, b, (r1 - r0) * w, -1)
+            complexity[:, :, r0:r1] = mod[..., self.imnet.shift_slice()].abs().mean(-1).view(b, 1, r1 - r0, w)
+        return Latent(inp=inp, table=inp.new_zeros(b, h * w, 0), mods=mods, complexity=complexity)
 
     def render(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         h, w = lat.hw

@@ -207,6 +207,20 @@ def test_no_state_left_on_the_module(tiny_model):
     assert {k: id(v) for k, v in vars(tiny_model).items()} == before
 
 
+def test_lmliif_latent_in_bands_equals_whole_image():
+    m = models.make(spec("lmliif", TINY)).eval()
+    inp = torch.rand(2, 3, 13, 9) * 2 - 1
+    coord, cell = _queries(2, 30, 21)
+    with torch.no_grad():
+        whole = m(inp, coord, cell)
+        m.latent_band_cells = 9 * 4  # 4-row bands
+        try:
+            banded = m(inp, coord, cell)
+        finally:
+            del m.latent_band_cells
+    assert torch.allclose(whole, banded, atol=1e-5)
+
+
 def test_modulated_mlp_matches_the_layer_by_layer_formula():
     torch.manual_seed(1)
     mlp = models.make({"name": "lmmlp", "args": {"in_dim": 5, "out_dim": 3, "hidden_dim": 4, "hidden_depth": 3}})

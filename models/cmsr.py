@@ -89,6 +89,18 @@ class Scale2Mod:
         return decode, bounds
 
 
+def selects(mu: torch.Tensor, i: int, first: int, last: int, bounds: list[float]) -> torch.Tensor:
+    """Which modulation means ``mu`` level ``i`` renders (official rule, REFERENCE §4.2 step 3):
+    the finest level takes ``mu >= T_i`` (checked first, so a single level takes everything),
+    the coarsest ``mu <= T_{i+1}``, the others ``T_i <= mu <= T_{i+1}`` (as |mu - mid| <= r)."""
+    if i == last:
+        return mu >= bounds[i]
+    if i == first:
+        return mu <= bounds[i + 1]
+    lo, hi = bounds[i], bounds[i + 1]
+    return (mu - (hi + lo) / 2).abs() <= (hi - lo) / 2
+
+
 @dataclass
 class CMSR:
     """CMSR settings: the S2M table (and the MSE threshold it was built for, informative)."""
@@ -163,14 +175,7 @@ class CMSR:
                                     antialias=False).permute(0, 2, 3, 1).reshape(1, qh * qw, 2)
             row, col = Q.nearest_cell(q_coord, h, w)
             m = mu_flat[(row * w + col).view(-1)]
-            if i == last:
-                sel = m >= bounds[i]
-            elif i == first:
-                sel = m <= bounds[i + 1]
-            else:
-                lo, hi = bounds[i], bounds[i + 1]
-                sel = (m - (hi + lo) / 2).abs() <= (hi - lo) / 2
-            idx = torch.nonzero(sel).view(-1)
+            idx = torch.nonzero(selects(m, i, first, last, bounds)).view(-1)
             cost += idx.numel()
             levels.append((i, qh, qw, q_coord, idx))
 

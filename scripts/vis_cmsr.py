@@ -24,19 +24,13 @@ def level_map(mu, table, scale: float):
     """Per-LR-cell index of the rendering level (0 = coarsest), and the levels' decode scales."""
     import torch
 
+    from models.cmsr import selects
+
     decode, bounds = table.levels(scale)
     active = [i for i, d in enumerate(decode) if d >= 1]
     level = torch.full_like(mu, -1, dtype=torch.long)
-    first, last = active[0], active[-1]
-    for i in active:
-        if i == last:
-            sel = mu >= bounds[i]
-        elif i == first:
-            sel = mu <= bounds[i + 1]
-        else:
-            lo, hi = bounds[i], bounds[i + 1]
-            sel = (mu - (hi + lo) / 2).abs() <= (hi - lo) / 2
-        level[sel] = active.index(i)
+    for i in active:  # later (finer) levels win, as in the merge
+        level[selects(mu, i, active[0], active[-1], bounds)] = active.index(i)
     return level, [decode[i] for i in active]
 
 

@@ -43,6 +43,8 @@ from PIL import Image
 
 from conftest import FIXTURES, need
 
+from helpers import tiny_lmliif
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 LMLIIF = FIXTURES / "lmliif.pth"
@@ -443,11 +445,7 @@ def _train_config_dict(tmp: Path) -> dict:
             "wrapper": {"name": "sr-implicit-downsampled",
                         "args": {"inp_size": 8, "scale_max": 3, "augment": True, "sample_q": 50}},
             "batch_size": 4},
-        "model": {"name": "lmliif", "args": {
-            "encoder_spec": {"name": "edsr-baseline", "args": {"no_upsampling": True, "n_resblocks": 1, "n_feats": 8}},
-            "imnet_spec": {"name": "lmmlp", "args": {"out_dim": 3, "hidden_dim": 8, "hidden_depth": 2}},
-            "hypernet_spec": {"name": "mlp", "args": {"out_dim": 40, "hidden_list": [16]}},
-            "mod_input": True}},
+        "model": tiny_lmliif(),
         "optimizer": {"name": "adam", "args": {"lr": 1e-3}},
         "epoch_max": 2,
         "num_workers": 0,

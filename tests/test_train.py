@@ -8,29 +8,18 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
+
+from helpers import tiny_lmliif, smooth_images
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _images(folder: Path, n: int = 6, size: int = 40) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        # smooth random images (SR-like content), not pure noise
-        base = rng.random((size // 4, size // 4, 3))
-        img = Image.fromarray((base * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
-        img.save(folder / f"img{i}.png")
-    return folder
-
-
 def _config(tmp: Path, epochs: int = 4, batch: int = 4, **over) -> Path:
-    data = _images(tmp / "data")
+    data = smooth_images(tmp / "data")
     cfg = {
         "train_dataset": {
             "dataset": {"name": "image-folder", "args": {"root_path": str(data), "repeat": 2}},
@@ -42,11 +31,7 @@ def _config(tmp: Path, epochs: int = 4, batch: int = 4, **over) -> Path:
             "wrapper": {"name": "sr-implicit-downsampled", "args": {"scale_min": 2}},
             "batch_size": 1},
         "eval_type": "benchmark-2",
-        "model": {"name": "lmliif", "args": {
-            "encoder_spec": {"name": "edsr-baseline", "args": {"no_upsampling": True, "n_resblocks": 1, "n_feats": 8}},
-            "imnet_spec": {"name": "lmmlp", "args": {"out_dim": 3, "hidden_dim": 8, "hidden_depth": 2}},
-            "hypernet_spec": {"name": "mlp", "args": {"out_dim": 40, "hidden_list": [16]}},
-            "mod_input": True}},
+        "model": tiny_lmliif(),
         "optimizer": {"name": "adam", "args": {"lr": 1e-3}},
         "epoch_max": epochs,
         "multi_step_lr": {"milestones": [2], "gamma": 0.5},

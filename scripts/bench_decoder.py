@@ -138,7 +138,6 @@ def main() -> None:
                 rows.append(dict(model=name, scale=s, params=params, dec_params=dec_params,
                                  lat_gmac=f_lat / 2e9, ren_gmac=f_ren / 2e9, t_lat=t_lat, t_ren=t_ren,
                                  ren_gflops=f_ren / t_ren / 1e9))
-        del model
 
     print(f"\nencoder EDSR-baseline: {enc_macs / 1e9:.2f} GMAC, {enc_time * 1000:.1f} ms\n")
     hdr = ("model", "scale", "params", "decoder", "latent GMAC", "render GMAC", "latent ms", "render ms",

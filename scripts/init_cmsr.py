@@ -34,7 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bsize", type=int)
     args = ap.parse_args(argv)
 
-    import torch
     import yaml
 
     import datasets

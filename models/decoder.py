@@ -82,10 +82,14 @@ class ImplicitDecoder(nn.Module):
         _check_queries(lat.inp, coord, cell)
         active = self.active_cmsr(lat, coord.shape[1], cmsr)
         if active is not None:
-            return active.decode(self, lat, coord, bsize or self.default_bsize, stats)
+            return active.decode(self, lat, coord, bsize or self.chunk_size(lat), stats)
         if self.training and bsize is None:
             return self.query(lat, coord, cell)
-        return Q.stream(lambda c, ce: self.query(lat, c, ce), coord, cell, bsize or self.default_bsize)
+        return Q.stream(lambda c, ce: self.query(lat, c, ce), coord, cell, bsize or self.chunk_size(lat))
+
+    def chunk_size(self, lat: Latent) -> int:
+        """Queries per chunk when the caller gives no ``bsize`` (bounds per-chunk memory)."""
+        return self.default_bsize
 
     def active_cmsr(self, lat: Latent, n_queries: int, cmsr: CMSR | bool | None = None) -> CMSR | None:
         """The CMSR that applies to ``n_queries`` queries per image, if any.

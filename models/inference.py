@@ -78,7 +78,7 @@ def upsample(model: nn.Module, img: torch.Tensor, size: tuple[int, int], scale_m
                 progress(H)
             return out
         rows_y, cols_x = axis_coords(H, dev), axis_coords(W, dev)
-        band = max(1, (bsize or getattr(model, "default_bsize", 65536)) * 4 // W)
+        band = max(1, (bsize or model.chunk_size(lat)) * 4 // W)
         cell_row = clip_cell(make_cell((H, W), n=1, device=dev), scale_hw, scale_max)
         for r0 in range(0, H, band):
             r1 = min(H, r0 + band)

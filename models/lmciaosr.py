@@ -29,7 +29,7 @@ import torch
 
 from utils.coords import make_coord
 
-from . import query as Q
+from . import fast_render
 from .cross_scale_attention import CrossScaleAttention
 from .decoder import ImplicitDecoder, Latent, as_table, latent_cell, unfold3x3
 from .lmliif import lm_dims
@@ -43,6 +43,10 @@ _NEIGHBOURS = {1: [(0, 0)], 2: [(-1, -1), (-1, 1), (1, -1), (1, 1)]}
 class LMCiaoSR(ImplicitDecoder):
     residual = True
     default_bsize = 8192
+
+    def chunk_size(self, lat: Latent) -> int:
+        # the fused kernel keeps nothing per query but the output: large chunks, less overhead
+        return fast_render.FUSED_BSIZE if self.imnet_q.fused(lat.mods) else self.default_bsize
 
     def __init__(self, encoder: Mapping[str, Any], prenet_q: Mapping[str, Any] | None = None,
                  hypernet_q: Mapping[str, Any] | None = None, imnet_q: Mapping[str, Any] | None = None,
@@ -121,9 +125,5 @@ class LMCiaoSR(ImplicitDecoder):
     # -- per query ------------------------------------------------------------------------
     def render(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         h, w = lat.hw
-        lk = Q.locate(coord, h, w, self.local_size == 2)
-        b, k, q = lk.index.shape
-        pred = self.imnet_q.render(lk.rel_coord.reshape(b * k * q, 2), lat.mods.flatten(1, 2),
-                                   Q.flat_index(lk.index, h * w),
-                                   layer0_weight=self.imnet_q.hidden(0).weight[:, self.code_dim:])
-        return Q.ensemble(pred.view(b, k, q, -1), lk)
+        return self.imnet_q.render_at(coord, lat.mods, (h, w), self.local_size == 2,
+                                      layer0_weight=self.imnet_q.hidden(0).weight[:, self.code_dim:])

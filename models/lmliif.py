@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import torch
 
-from . import query as Q
+from . import fast_render
 from .decoder import ImplicitDecoder, Latent, as_table, conv_linear, latent_cell
 from .registry import make, register
 
@@ -31,6 +31,10 @@ def lm_dims(imnet_spec: Mapping[str, Any]) -> tuple[int, int, int]:
 @register("lmliif")
 class LMLIIF(ImplicitDecoder):
     default_bsize = 8192
+
+    def chunk_size(self, lat: Latent) -> int:
+        # the fused kernel keeps nothing per query but the output: large chunks, less overhead
+        return fast_render.FUSED_BSIZE if self.imnet.fused(lat.mods) else self.default_bsize
 
     def __init__(self, encoder_spec: Mapping[str, Any], imnet_spec: Mapping[str, Any] | None = None,
                  hypernet_spec: Mapping[str, Any] | None = None, local_ensemble: bool = True,
@@ -80,12 +84,6 @@ class LMLIIF(ImplicitDecoder):
 
     def render(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         h, w = lat.hw
-        lk = Q.locate(coord, h, w, self.local_ensemble)
-        b, k, q = lk.index.shape
-        x = lk.rel_coord
-        if self.cell_decode:
-            x = torch.cat([x, Q.rel_cell(cell, h, w).unsqueeze(1).expand_as(x)], dim=-1)
-        pred = self.imnet.render(x.reshape(b * k * q, -1), lat.mods.flatten(1, 2),
-                                 Q.flat_index(lk.index, h * w),
-                                 layer0_weight=self.imnet.hidden(0).weight[:, self.code_dim:])
-        return Q.ensemble(pred.view(b, k, q, -1), lk)
+        return self.imnet.render_at(coord, lat.mods, (h, w), self.local_ensemble,
+                                    cell if self.cell_decode else None,
+                                    layer0_weight=self.imnet.hidden(0).weight[:, self.code_dim:])

@@ -23,6 +23,10 @@ class LMLTE(ImplicitDecoder):
     residual = True
     default_bsize = 8192
 
+    def chunk_size(self, lat: Latent) -> int:
+        # the fused render still needs the per-neighbour Fourier inputs: moderate chunks
+        return 4 * self.default_bsize if self.imnet.fused(lat.mods) else self.default_bsize
+
     def __init__(self, encoder_spec: Mapping[str, Any], imnet_spec: Mapping[str, Any] | None = None,
                  hypernet_spec: Mapping[str, Any] | None = None, hidden_dim: int = 128,
                  local_ensemble: bool = True, cell_decode: bool = True, mod_input: bool = False,
@@ -74,5 +78,4 @@ class LMLTE(ImplicitDecoder):
         else:
             phase = rows.new_zeros(1, 1, 1, self.code_dim // 2)
         x = coef * fourier_basis(freq, lk.rel_coord, phase)
-        pred = self.imnet.render(x.reshape(b * k * q, -1), lat.mods.flatten(1, 2), Q.flat_index(lk.index, h * w))
-        return Q.ensemble(pred.view(b, k, q, -1), lk)
+        return self.imnet.render_blend(x, lat.mods, lk)

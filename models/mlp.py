@@ -8,6 +8,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from . import fast_render
+from . import query as Q
 from .registry import register
 
 
@@ -108,6 +110,10 @@ class ModulatedMLP(nn.Module):
         """
         hd = self.hidden_dim
         w0 = self.hidden(0).weight if layer0_weight is None else layer0_weight
+        if fast_render.usable(x, folded, hd):
+            last = self.layers[-1]
+            return fast_render.render16(x, folded, index, w0, [self.hidden(l).weight for l in range(1, self.hidden_depth)],
+                                        last.weight, last.bias)
         h = x @ w0.t()
         for l in range(self.hidden_depth):
             if l > 0:
@@ -115,6 +121,52 @@ class ModulatedMLP(nn.Module):
             ac = folded[l] if index is None else folded[l].index_select(0, index)
             h = torch.relu_(torch.addcmul(ac[:, hd:], h, ac[:, :hd]))
         return self.layers[-1](h)
+
+    def render_blend(self, x: torch.Tensor, tables: torch.Tensor, lookup: Q.Lookup,
+                     shared: torch.Tensor | None = None,
+                     layer0_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Render every query at its K neighbour cells and blend with the ensemble weights.
+
+        x (B, K, Q, in_x) per-neighbour inputs; ``shared`` (B, Q, in_s) inputs common to the K
+        neighbours, appended after x; tables (depth, B, h*w, 2*hd) from :meth:`fold`;
+        ``lookup`` from :func:`query.locate`. Returns (B, Q, out_dim). On the CPU without
+        autograd this runs in the fused kernel (``fast_render``), else layer by layer.
+        """
+        w0 = self.hidden(0).weight if layer0_weight is None else layer0_weight
+        if fast_render.usable(x, tables, self.hidden_dim):
+            last = self.layers[-1]
+            return fast_render.render16_blend(x, shared, tables, lookup.index, lookup.weight, w0,
+                                              [self.hidden(l).weight for l in range(1, self.hidden_depth)],
+                                              last.weight, last.bias)
+        b, k, q, _ = x.shape
+        if shared is not None:
+            x = torch.cat([x, shared.unsqueeze(1).expand(b, k, q, shared.shape[-1])], dim=-1)
+        pred = self.render(x.reshape(b * k * q, -1), tables.flatten(1, 2),
+                           Q.flat_index(lookup.index, tables.shape[2]), layer0_weight=w0)
+        return Q.ensemble(pred.view(b, k, q, -1), lookup)
+
+    def fused(self, tables: torch.Tensor) -> bool:
+        """Whether :meth:`render_at`/:meth:`render_blend` will run in the fused CPU kernel."""
+        return fast_render.usable(tables, tables, self.hidden_dim)
+
+    def render_at(self, coord: torch.Tensor, tables: torch.Tensor, hw: tuple[int, int],
+                  local_ensemble: bool, cell: torch.Tensor | None = None,
+                  layer0_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Render queries whose per-neighbour input is [relative coord, (relative cell)].
+
+        coord, cell (B, Q, 2); tables (depth, B, h*w, 2*hd). Look-up, render and blend: one
+        fused kernel on the CPU without autograd, else :func:`query.locate` + :meth:`render_blend`.
+        """
+        h, w = hw
+        w0 = self.hidden(0).weight if layer0_weight is None else layer0_weight
+        if fast_render.usable(coord, tables, self.hidden_dim) and (cell is None or not cell.requires_grad):
+            last = self.layers[-1]
+            return fast_render.query16(coord, cell, tables, h, w, local_ensemble, w0,
+                                       [self.hidden(l).weight for l in range(1, self.hidden_depth)],
+                                       last.weight, last.bias)
+        lk = Q.locate(coord, h, w, local_ensemble)
+        shared = None if cell is None else Q.rel_cell(cell, h, w)
+        return self.render_blend(lk.rel_coord, tables, lk, shared, layer0_weight=w0)
 
     def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
         """Official call: x (..., in_dim) with one modulation vector per row (..., mod_dim)."""

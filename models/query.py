@@ -7,6 +7,7 @@ per-query function in chunks so that memory does not grow with the output size.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,6 +18,7 @@ from utils.coords import axis_coords
 
 _EPS_SHIFT = 1e-6
 _CLAMP = 1 - 1e-6
+CLAMP = _CLAMP  # look-up clamp of shifted coordinates, (-CLAMP, CLAMP)
 DEFAULT_BSIZE = 65536
 
 
@@ -53,15 +55,56 @@ def nearest_cell(coord: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, tor
     return axis_cell(coord[..., 0], h), axis_cell(coord[..., 1], w)
 
 
+def axis_shifts(n: int, local_ensemble: bool, dtype: torch.dtype = torch.float32,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """The reference's look-up shifts along an axis of ``n`` cells: ``-+1/n + 1e-6`` or ``0``."""
+    r = 2 / n / 2
+    shifts = (-1 * r + _EPS_SHIFT, 1 * r + _EPS_SHIFT) if local_ensemble else (0.0,)
+    return torch.tensor(shifts, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def axis_thresholds(n: int) -> torch.Tensor:
+    """Float32 (n,) CPU tensor t with t[j] = the smallest coordinate in [-C, C] (C = 1 - 1e-6,
+    the look-up clamp) whose nearest cell is >= j (t[0] = -inf).
+
+    :func:`axis_cell` is a non-decreasing step function of the coordinate, so "nearest cell of
+    x" = number of j >= 1 with t[j] <= x, bit for bit, for every clamped float32 x. Fused
+    kernels use this to reproduce the look-up exactly without re-deriving ``grid_sample``'s
+    float arithmetic. Found by bisection over the ordered float32 bit patterns (32 steps).
+    """
+    lo_f = torch.tensor(-_CLAMP, dtype=torch.float32)
+    hi_f = torch.tensor(_CLAMP, dtype=torch.float32)
+    lo = torch.full((n - 1,), _ordered(lo_f).item(), dtype=torch.int64)
+    hi = torch.full((n - 1,), _ordered(hi_f).item(), dtype=torch.int64)
+    target = torch.arange(1, n)
+    while bool((lo < hi).any()):
+        mid = (lo + hi) // 2  # invariant: cell(hi) >= j; answer in (lo-1, hi]
+        ok = axis_cell(_from_ordered(mid).view(1, -1), n).view(-1) >= target
+        hi = torch.where(ok, mid, hi)
+        lo = torch.where(ok, lo, mid + 1)
+    return torch.cat([torch.tensor([float("-inf")]), _from_ordered(hi)])
+
+
+def _ordered(x: torch.Tensor) -> torch.Tensor:
+    """float32 -> int64 that orders like the floats (negative floats mirrored below zero)."""
+    bits = x.view(torch.int32).to(torch.int64)
+    return torch.where(bits < 0, -(bits & 0x7FFFFFFF), bits)
+
+
+def _from_ordered(k: torch.Tensor) -> torch.Tensor:
+    bits = torch.where(k < 0, (-k) | 0x80000000, k)
+    bits = torch.where(bits >= 2 ** 31, bits - 2 ** 32, bits)
+    return bits.to(torch.int32).view(torch.float32)
+
+
 def _axis_neighbours(c: torch.Tensor, n: int, local_ensemble: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Neighbour cells along one axis: (B, V, Q) indices and offsets (c - centre) * n.
 
     With local ensemble V = 2: the cells reached by the reference's shifts ``c -+ 1/n + 1e-6``
     clamped into (-1, 1); else V = 1, the nearest cell.
     """
-    r = 2 / n / 2
-    shifts = (-1 * r + _EPS_SHIFT, 1 * r + _EPS_SHIFT) if local_ensemble else (0.0,)
-    shift = torch.tensor(shifts, dtype=c.dtype, device=c.device).view(1, -1, 1)
+    shift = axis_shifts(n, local_ensemble, c.dtype, c.device).view(1, -1, 1)
     shifted = (c.unsqueeze(1) + shift).clamp_(-_CLAMP, _CLAMP)  # (B, V, Q)
     idx = axis_cell(shifted.flatten(1), n).view(shifted.shape)
     rel = (c.unsqueeze(1) - axis_coords(n, c.device)[idx]) * n

@@ -93,3 +93,22 @@ def test_own_grid_is_bit_exact():
         h, w = map(int, key[len("coord_"):].split("x"))
         assert torch.equal(make_coord((h, w)).unsqueeze(0), exp[key]), key
         assert torch.equal(make_cell((h, w)).unsqueeze(0), exp[f"cell_{h}x{w}"]), key
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c["mode"] == "eval" and c["model"].startswith("lm")],
+                         ids=lambda c: c["key"])
+def test_golden_fused_kernel_equals_pytorch_path(case):
+    """Where the fused CPU render kernel runs (default above), the layer-by-layer PyTorch path
+    gives the same outputs too: both reproduce the official outputs, and agree to 2e-5 (an
+    index flipped at a cell border would differ by far more)."""
+    from models import fast_render
+
+    exp = _expected()
+    model = _model(case)
+    coord, cell = exp[case["coord_key"]], exp[case["cell_key"]]
+    with torch.no_grad():
+        fused = model(exp["input"], coord, cell)
+        with fast_render.disabled():
+            plain = model(exp["input"], coord, cell)
+    assert (plain - exp[case["key"]]).abs().max().item() <= TOL
+    assert (fused - plain).abs().max().item() <= 2e-5

@@ -1,0 +1,294 @@
+"""Optional fused CPU kernel for the render MLP (``kernels/render16.c``), loaded through ctypes.
+
+The kernel is compiled on first use with the system C compiler (``cc -O3 -march=native``,
+well under a second) into a per-user cache, keyed by the source, the compiler and the CPU, and
+reused afterwards. Without a compiler, or with ``LMF_FAST_RENDER=0``, or for anything the kernel
+does not cover (autograd, non-CPU tensors, non-fp32, hidden width != 16), the caller falls back
+to the plain PyTorch path, which computes the same function (tests compare the two).
+
+Threads: ctypes releases the GIL during the call, so the rows are split over a small thread
+pool of ``torch.get_num_threads()`` workers.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Iterator
+from pathlib import Path
+
+import torch
+
+HIDDEN = 16
+_SOURCE = Path(__file__).with_name("kernels") / "render16.c"
+_MIN_ROWS_PER_THREAD = 4096
+FUSED_BSIZE = 1 << 20  # default query chunk of decoders whose render runs here (output only: 12 MB)
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_failed = False
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_disabled = threading.local()
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("LMF_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "lmf-sr"
+
+
+def _cpu_id() -> str:
+    """Something that changes when the CPU's instruction set does (the build uses -march=native)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() + platform.machine()
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _build() -> ctypes.CDLL:
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found (cc/gcc/clang)")
+    flags = ["-O3", "-march=native", "-shared", "-fPIC", "-fno-math-errno"]
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        flags[1] = "-mcpu=native"
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join([cc, *flags, _cpu_id(), platform.platform()]).encode()).hexdigest()[:16]
+    suffix = ".dll" if sys.platform == "win32" else ".so"
+    target = _cache_dir() / f"render16-{key}{suffix}"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=suffix)
+        os.close(fd)
+        try:
+            proc = subprocess.run([cc, *flags, "-o", tmp, str(_SOURCE)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{cc} failed: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
+            os.replace(tmp, target)  # atomic: concurrent processes never load a half-written file
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(target))
+    fn = lib.lmf_render16
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    fn.argtypes = [i64, i64, ptr, ptr, i64, ptr, i64, i64, ptr, ptr, i64, ptr, ptr, ptr]
+    fn.restype = ctypes.c_int
+    fn = lib.lmf_render16_blend
+    fn.argtypes = [i64, i64, i64, ptr, i64, i64, ptr, i64, ptr, i64, ptr, i64, i64, ptr, i64, i64,
+                   ptr, ptr, i64, ptr, ptr, ptr]
+    fn.restype = ctypes.c_int
+    fn = lib.lmf_query16
+    fn.argtypes = [i64, ptr, i64, ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr,
+                   ctypes.c_float, i64, ptr, i64, i64, ptr, ptr, i64, ptr, ptr, ptr]
+    fn.restype = ctypes.c_int
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel, or None when it is disabled or cannot be built (warned once)."""
+    global _lib, _failed
+    if _lib is not None or _failed:
+        return _lib
+    with _lock:
+        if _lib is None and not _failed:
+            if os.environ.get("LMF_FAST_RENDER", "1") == "0":
+                _failed = True
+            else:
+                try:
+                    _lib = _build()
+                except Exception as exc:  # any build/load problem: fall back to PyTorch, say so once
+                    _failed = True
+                    warnings.warn(f"fused render kernel unavailable, using PyTorch ({exc})", stacklevel=3)
+    return _lib
+
+
+@contextmanager
+def disabled() -> Iterator[None]:
+    """Use the PyTorch path inside this block (this thread), e.g. to count FLOPs or compare."""
+    before = getattr(_disabled, "on", False)
+    _disabled.on = True
+    try:
+        yield
+    finally:
+        _disabled.on = before
+
+
+def usable(x: torch.Tensor, tables: torch.Tensor, hidden_dim: int) -> bool:
+    """Whether the kernel can compute this render call (else use the PyTorch path)."""
+    return (hidden_dim == HIDDEN and not getattr(_disabled, "on", False) and x.device.type == "cpu" and x.dtype == torch.float32
+            and tables.dtype == torch.float32 and tables.stride(-1) == 1
+            and not (torch.is_grad_enabled() and (x.requires_grad or tables.requires_grad))
+            and library() is not None)
+
+
+def _executor(n: int) -> ThreadPoolExecutor:
+    global _pool, _pool_size
+    if _pool is None or _pool_size != n:
+        with _lock:
+            if _pool is None or _pool_size != n:
+                _pool, _pool_size = ThreadPoolExecutor(n, thread_name_prefix="lmf-render"), n
+    return _pool
+
+
+def _weights(x: torch.Tensor, w0: torch.Tensor, hidden: list[torch.Tensor], w_out: torch.Tensor,
+             b_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Kernel layout of the MLP weights: transposed, output layer zero-padded to 16 channels."""
+    out_dim = w_out.shape[0]
+    if out_dim > HIDDEN:
+        raise ValueError(f"fused render: out_dim {out_dim} > {HIDDEN}")
+    w0t = w0.detach().t().contiguous()
+    wht = (torch.stack([w.detach().t() for w in hidden]) if hidden else x.new_zeros(1, HIDDEN, HIDDEN)).contiguous()
+    woutt = x.new_zeros(HIDDEN, HIDDEN)
+    woutt[:, :out_dim] = w_out.detach().t()
+    bout = x.new_zeros(HIDDEN)
+    bout[:out_dim] = b_out.detach()
+    return w0t, wht, woutt, bout
+
+
+def _parallel(n: int, run, rows_per_item: int = 1) -> None:
+    """Call ``run(start, stop)`` on about equal parts of range(n), one per thread."""
+    threads = max(1, min(torch.get_num_threads(), n * rows_per_item // _MIN_ROWS_PER_THREAD))
+    if threads == 1:
+        run(0, n)
+        return
+    # many small pieces taken in turn: a thread slowed down (e.g. by PyTorch's OpenMP workers
+    # still spinning after the previous op) just takes fewer pieces
+    pieces = threads * 8 if n * rows_per_item >= threads * 8 * _MIN_ROWS_PER_THREAD else threads
+    step = -(-n // pieces)
+    list(_executor(threads).map(lambda s: run(s, min(n, s + step)), range(0, n, step)))
+
+
+@torch.no_grad()
+def render16(x: torch.Tensor, tables: torch.Tensor, index: torch.Tensor | None,
+             w0: torch.Tensor, hidden: list[torch.Tensor], w_out: torch.Tensor,
+             b_out: torch.Tensor) -> torch.Tensor:
+    """Fused render: x (N, in) fp32; tables (depth, M, 32) ``[a_l | c_l]``; index (N,) rows of
+    the tables (None: row i uses table row i); w0 (16, in); hidden: W_1..W_{depth-1} (16, 16);
+    w_out (out, 16), b_out (out,). Returns (N, out)."""
+    lib = library()
+    assert lib is not None
+    n, in_dim = x.shape
+    depth, out_dim = tables.shape[0], w_out.shape[0]
+    x = x.detach().contiguous()
+    index = (torch.arange(n) if index is None else index).to(torch.int64).contiguous()
+    w0t, wht, woutt, bout = _weights(x, w0, hidden, w_out, b_out)
+    out = x.new_empty(n, out_dim)
+    tables = tables.detach()
+
+    def run(start: int, stop: int) -> None:
+        lib.lmf_render16(stop - start, in_dim, x.data_ptr() + start * in_dim * 4, index.data_ptr() + start * 8,
+                         depth, tables.data_ptr(), tables.stride(0), tables.stride(1), w0t.data_ptr(),
+                         wht.data_ptr(), out_dim, woutt.data_ptr(), bout.data_ptr(),
+                         out.data_ptr() + start * out_dim * 4)
+
+    _parallel(n, run)
+    return out
+
+
+@torch.no_grad()
+def render16_blend(x: torch.Tensor, shared: torch.Tensor | None, tables: torch.Tensor, index: torch.Tensor,
+                   weight: torch.Tensor, w0: torch.Tensor, hidden: list[torch.Tensor], w_out: torch.Tensor,
+                   b_out: torch.Tensor) -> torch.Tensor:
+    """Fused render + local-ensemble blend for a batch of images.
+
+    x (B, K, Q, in_x): per-neighbour inputs; shared (B, Q, in_s) or None: inputs common to the
+    K neighbours (appended after x); tables (depth, B, hw, 32); index (B, K, Q) cell of each
+    neighbour in its image; weight (B, K, Q). Returns (B, Q, out) = sum_k weight * MLP(...).
+    """
+    lib = library()
+    assert lib is not None
+    b, k, q, in_x = x.shape
+    depth, out_dim = tables.shape[0], w_out.shape[0]
+    x = x.detach().contiguous()
+    index = index.to(torch.int64).contiguous()
+    weight = weight.detach().to(torch.float32).contiguous()
+    if shared is None:
+        shared, in_s = x.new_zeros(b, 1, 1), 0
+    else:
+        shared = shared.detach().expand(b, q, shared.shape[-1])
+        if shared.stride(-1) != 1 or (shared.stride(1) not in (0, shared.shape[-1])):
+            shared = shared.contiguous()
+        in_s = shared.shape[-1]
+    w0t, wht, woutt, bout = _weights(x, w0, hidden, w_out, b_out)
+    out = x.new_empty(b, q, out_dim)
+    tables = tables.detach()
+    for i in range(b):
+        def run(start: int, stop: int, i: int = i) -> None:
+            lib.lmf_render16_blend(
+                stop - start, k, in_x, x[i].data_ptr() + start * in_x * 4, q * in_x,
+                in_s, shared[i].data_ptr() + start * shared.stride(1) * 4, shared.stride(1),
+                index[i].data_ptr() + start * 8, q, weight[i].data_ptr() + start * 4, q,
+                depth, tables[:, i].data_ptr(), tables.stride(0), tables.stride(2),
+                w0t.data_ptr(), wht.data_ptr(), out_dim, woutt.data_ptr(), bout.data_ptr(),
+                out[i].data_ptr() + start * out_dim * 4)
+
+        _parallel(q, run, rows_per_item=k)
+    return out
+
+
+
+@torch.no_grad()
+def query16(coord: torch.Tensor, cell: torch.Tensor | None, tables: torch.Tensor, h: int, w: int,
+            local_ensemble: bool, w0: torch.Tensor, hidden: list[torch.Tensor], w_out: torch.Tensor,
+            b_out: torch.Tensor) -> torch.Tensor:
+    """The whole per-query path of LM-LIIF/LM-CiaoSR in one kernel: look-up of the K nearest
+    cells (bit-exact to :func:`query.locate` through :func:`query.axis_thresholds`), MLP input
+    [relative coord, (relative cell)], modulated render, ensemble blend.
+
+    coord, cell (B, Q, 2) (cell None: no cell input); tables (depth, B, h*w, 32).
+    Returns (B, Q, out). Nothing per neighbour is materialised: memory is the output only.
+    """
+    from . import query as Q  # local: query does not need this module
+
+    lib = library()
+    assert lib is not None
+    b, q, _ = coord.shape
+    depth, out_dim = tables.shape[0], w_out.shape[0]
+    coord = coord.detach().float()
+    if coord.stride(-1) != 1:
+        coord = coord.contiguous()
+    if cell is not None:
+        cell = cell.detach().float().expand(b, q, 2)
+        if cell.stride(-1) != 1:
+            cell = cell.contiguous()
+    th_r, th_c = Q.axis_thresholds(h), Q.axis_thresholds(w)
+    cen_r, cen_c = Q.axis_coords(h), Q.axis_coords(w)
+    sh_r, sh_c = Q.axis_shifts(h, local_ensemble), Q.axis_shifts(w, local_ensemble)
+    clamp = float(torch.tensor(Q.CLAMP, dtype=torch.float32))
+    w0t, wht, woutt, bout = _weights(coord, w0, hidden, w_out, b_out)
+    out = coord.new_empty(b, q, out_dim)
+    tables = tables.detach()
+    v = 2 if local_ensemble else 1
+    for i in range(b):
+        cl = cell[i] if cell is not None else coord[i]
+
+        def run(start: int, stop: int, i: int = i, cl: torch.Tensor = cl) -> None:
+            lib.lmf_query16(
+                stop - start, coord[i].data_ptr() + start * coord.stride(1) * 4, coord.stride(1),
+                cl.data_ptr() + start * cl.stride(0) * 4, cl.stride(0), int(cell is not None), v, h, w,
+                th_r.data_ptr(), th_c.data_ptr(), cen_r.data_ptr(), cen_c.data_ptr(),
+                sh_r.data_ptr(), sh_c.data_ptr(), clamp, depth, tables[:, i].data_ptr(),
+                tables.stride(0), tables.stride(2), w0t.data_ptr(), wht.data_ptr(), out_dim,
+                woutt.data_ptr(), bout.data_ptr(), out[i].data_ptr() + start * out_dim * 4)
+
+        _parallel(q, run, rows_per_item=v * v)
+    return out

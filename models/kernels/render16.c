@@ -1,0 +1,240 @@
+/* Fused CPU kernel for the LMF render MLP at hidden width 16 (every LMF config uses 16).
+ *
+ * One call renders n rows: for each row, layer 0 maps its input x to 16 channels, every
+ * hidden layer l computes relu((W_l h) * a_l + c_l) with (a_l, c_l) read from the row's
+ * LR-cell table, and the output layer maps 16 channels to out_dim (<= 16) channels.
+ *
+ * Why a kernel: in eager PyTorch each 16-wide layer is a separate gather, matmul and
+ * multiply-add pass over memory, so the render is bound by memory traffic. Here a row's
+ * activations stay in registers through all layers; one 16-float vector per row is exactly
+ * one AVX-512 register (two AVX2 / four NEON registers: GCC/Clang vector extensions keep the
+ * source portable). Rows are processed in blocks of R so that R independent FMA chains hide
+ * the FMA latency.
+ *
+ * Two entry points: lmf_render16 renders independent rows; lmf_render16_blend renders the K
+ * neighbour rows of each query and blends them with the local-ensemble weights, so that the
+ * per-neighbour predictions never go through memory.
+ *
+ * No allocation, no global state, no threads: the caller splits the work across threads.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#define HD 16
+#define R 8
+
+typedef float v16 __attribute__((vector_size(HD * sizeof(float))));
+typedef int32_t i16v __attribute__((vector_size(HD * sizeof(int32_t))));
+
+static inline v16 load(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
+
+static inline v16 relu(v16 v) {
+    const v16 zero = {0};
+    i16v keep = v > zero;
+    return (v16)((i16v)v & keep);
+}
+
+/* Render rows [0, m) of a block (m <= R). Inlined with m = R for full blocks so that the
+ * compiler unrolls the row loops and keeps acc[] in registers. */
+static inline __attribute__((always_inline)) void
+mlp(int m, int64_t in_x, const float *x, int64_t x_stride, int64_t in_s, const float *xs,
+    int64_t xs_stride, const int64_t *index, int64_t depth, const float *tables,
+    int64_t layer_stride, int64_t cell_stride, const float *w0t, const float *wht,
+    const float *woutt, const float *bout, v16 *res)
+{
+    float h[R][HD] __attribute__((aligned(64)));
+    v16 acc[R];
+    for (int r = 0; r < m; ++r) {
+        v16 a = {0};
+        const float *xr = x + r * x_stride;
+        for (int64_t k = 0; k < in_x; ++k) a += load(w0t + k * HD) * xr[k];
+        const float *sr = xs + r * xs_stride;
+        for (int64_t k = 0; k < in_s; ++k) a += load(w0t + (in_x + k) * HD) * sr[k];
+        acc[r] = a;
+    }
+    for (int64_t l = 0; l < depth; ++l) {
+        if (l > 0) {
+            const float *wt = wht + (l - 1) * HD * HD;
+            for (int r = 0; r < m; ++r) acc[r] = (v16){0};
+            for (int k = 0; k < HD; ++k) {
+                v16 wk = load(wt + k * HD);
+                for (int r = 0; r < m; ++r) acc[r] += wk * h[r][k];
+            }
+        }
+        for (int r = 0; r < m; ++r) {
+            const float *t = tables + l * layer_stride + index[r] * cell_stride;
+            v16 v = relu(acc[r] * load(t) + load(t + HD));
+            memcpy(h[r], &v, sizeof v);
+        }
+    }
+    for (int r = 0; r < m; ++r) res[r] = load(bout);
+    for (int k = 0; k < HD; ++k) {
+        v16 wk = load(woutt + k * HD);
+        for (int r = 0; r < m; ++r) res[r] += wk * h[r][k];
+    }
+}
+
+static inline __attribute__((always_inline)) void
+store(int m, const v16 *res, int64_t out_dim, float *out)
+{
+    for (int r = 0; r < m; ++r) {
+        float o[HD] __attribute__((aligned(64)));
+        memcpy(o, &res[r], sizeof o);
+        memcpy(out + r * out_dim, o, out_dim * sizeof(float));
+    }
+}
+
+static inline __attribute__((always_inline)) void
+block(int m, int64_t in_dim, const float *x, const int64_t *index, int64_t depth,
+      const float *tables, int64_t layer_stride, int64_t cell_stride,
+      const float *w0t, const float *wht, int64_t out_dim, const float *woutt,
+      const float *bout, float *out)
+{
+    v16 res[R];
+    mlp(m, in_dim, x, in_dim, 0, x, 0, index, depth, tables, layer_stride, cell_stride,
+        w0t, wht, woutt, bout, res);
+    store(m, res, out_dim, out);
+}
+
+/* m queries (m <= R), each rendered at its K neighbours and blended. */
+static inline __attribute__((always_inline)) void
+blend_block(int m, int64_t K, int64_t in_x, const float *x, int64_t x_sk, int64_t in_s,
+            const float *xs, int64_t xs_sq, const int64_t *index, int64_t i_sk,
+            const float *weight, int64_t w_sk, int64_t depth, const float *tables,
+            int64_t layer_stride, int64_t cell_stride, const float *w0t, const float *wht,
+            int64_t out_dim, const float *woutt, const float *bout, float *out)
+{
+    v16 res[R], sum[R];
+    for (int r = 0; r < m; ++r) sum[r] = (v16){0};
+    for (int64_t k = 0; k < K; ++k) {
+        mlp(m, in_x, x + k * x_sk, in_x, in_s, xs, xs_sq, index + k * i_sk, depth, tables,
+            layer_stride, cell_stride, w0t, wht, woutt, bout, res);
+        const float *wk = weight + k * w_sk;
+        for (int r = 0; r < m; ++r) sum[r] += res[r] * wk[r];
+    }
+    store(m, sum, out_dim, out);
+}
+
+/* x: (n, in_dim); index: (n,) LR-cell row of each input row; tables: layer l, cell c starts at
+ * tables + l * layer_stride + c * cell_stride and holds [a_l (16) | c_l (16)];
+ * w0t: (in_dim, 16) = W_0^T; wht: (depth - 1, 16, 16) = W_l^T; woutt: (16, 16) = W_out^T
+ * zero-padded to 16 columns; bout: 16 (zero-padded); out: (n, out_dim). Returns 0. */
+int lmf_render16(int64_t n, int64_t in_dim, const float *x, const int64_t *index,
+                 int64_t depth, const float *tables, int64_t layer_stride, int64_t cell_stride,
+                 const float *w0t, const float *wht, int64_t out_dim, const float *woutt,
+                 const float *bout, float *out)
+{
+    int64_t i = 0;
+    for (; i + R <= n; i += R)
+        block(R, in_dim, x + i * in_dim, index + i, depth, tables, layer_stride, cell_stride,
+              w0t, wht, out_dim, woutt, bout, out + i * out_dim);
+    if (i < n)
+        block((int)(n - i), in_dim, x + i * in_dim, index + i, depth, tables, layer_stride,
+              cell_stride, w0t, wht, out_dim, woutt, bout, out + i * out_dim);
+    return 0;
+}
+
+/* Blended render of q queries of one image. Neighbour k of query i: input row
+ * x + k * x_sk + i * in_x (in_x floats) followed by the shared row xs + i * xs_sq (in_s
+ * floats; xs_sq may be 0 to share one row), LR cell index[k * i_sk + i], ensemble weight
+ * weight[k * w_sk + i]. out (q, out_dim) = sum_k weight * prediction. Returns 0. */
+int lmf_render16_blend(int64_t q, int64_t K, int64_t in_x, const float *x, int64_t x_sk,
+                       int64_t in_s, const float *xs, int64_t xs_sq, const int64_t *index,
+                       int64_t i_sk, const float *weight, int64_t w_sk, int64_t depth,
+                       const float *tables, int64_t layer_stride, int64_t cell_stride,
+                       const float *w0t, const float *wht, int64_t out_dim, const float *woutt,
+                       const float *bout, float *out)
+{
+    int64_t i = 0;
+    for (; i + R <= q; i += R)
+        blend_block(R, K, in_x, x + i * in_x, x_sk, in_s, xs + i * xs_sq, xs_sq, index + i, i_sk,
+                    weight + i, w_sk, depth, tables, layer_stride, cell_stride, w0t, wht, out_dim,
+                    woutt, bout, out + i * out_dim);
+    if (i < q)
+        blend_block((int)(q - i), K, in_x, x + i * in_x, x_sk, in_s, xs + i * xs_sq, xs_sq,
+                    index + i, i_sk, weight + i, w_sk, depth, tables, layer_stride, cell_stride,
+                    w0t, wht, out_dim, woutt, bout, out + i * out_dim);
+    return 0;
+}
+
+/* Nearest cell along one axis: the number of thresholds t[1..n-1] <= x (t from
+ * query.axis_thresholds, which reproduces the reference's grid_sample look-up bit for bit). */
+static inline int64_t axis_cell(float x, const float *t, int64_t n)
+{
+    if (!(x == x)) return 0;                               /* NaN */
+    int64_t j = (int64_t)((x + 1.0f) * 0.5f * (float)n);  /* a guess, then exact steps */
+    if (j < 0) j = 0;
+    if (j > n - 1) j = n - 1;
+    while (j < n - 1 && t[j + 1] <= x) ++j;
+    while (j > 0 && t[j] > x) --j;
+    return j;
+}
+
+/* Everything the query engine does per query, fused with the render and the blend, for the
+ * queries of one image: local-ensemble look-up (V = 2 shifts per axis, or V = 1), relative
+ * coordinate, optional relative cell, area weights, K = V*V modulated MLP passes, blend.
+ *
+ * coord/cell: (q, 2) (row, col) with row strides coord_sq/cell_sq (cell_sq may be 0);
+ * use_cell: append cell * (h, w) to the MLP input; th_r/th_c, cen_r/cen_c: thresholds and cell
+ * centres per axis; shift_r/shift_c: V shifts per axis; clamp: the look-up clamp; the rest as in
+ * lmf_render16 (tables of this image). out: (q, out_dim). Returns 0. */
+int lmf_query16(int64_t q, const float *coord, int64_t coord_sq, const float *cell,
+                int64_t cell_sq, int64_t use_cell, int64_t V, int64_t h, int64_t w,
+                const float *th_r, const float *th_c, const float *cen_r, const float *cen_c,
+                const float *shift_r, const float *shift_c, float clamp, int64_t depth,
+                const float *tables, int64_t layer_stride, int64_t cell_stride,
+                const float *w0t, const float *wht, int64_t out_dim, const float *woutt,
+                const float *bout, float *out)
+{
+    const int64_t K = V * V, in_x = use_cell ? 4 : 2;
+    for (int64_t i0 = 0; i0 < q; i0 += R) {
+        const int m = (int)(q - i0 < R ? q - i0 : R);
+        float x[4][R][4];
+        int64_t index[4][R];
+        float weight[4][R];
+        for (int r = 0; r < m; ++r) {
+            const float *c = coord + (i0 + r) * coord_sq;
+            int64_t ri[2], ci[2];
+            float rr[2], rc[2];
+            for (int64_t v = 0; v < V; ++v) {
+                float sy = c[0] + shift_r[v], sx = c[1] + shift_c[v];
+                sy = sy < -clamp ? -clamp : (sy > clamp ? clamp : sy);
+                sx = sx < -clamp ? -clamp : (sx > clamp ? clamp : sx);
+                ri[v] = axis_cell(sy, th_r, h);
+                ci[v] = axis_cell(sx, th_c, w);
+                rr[v] = (c[0] - cen_r[ri[v]]) * (float)h;
+                rc[v] = (c[1] - cen_c[ci[v]]) * (float)w;
+            }
+            float area[4], total = 0.0f;
+            for (int64_t k = 0; k < K; ++k) {
+                const int64_t vr = k / V, vc = k % V;
+                index[k][r] = ri[vr] * w + ci[vc];
+                x[k][r][0] = rr[vr];
+                x[k][r][1] = rc[vc];
+                if (use_cell) {
+                    const float *ce = cell + (i0 + r) * cell_sq;
+                    x[k][r][2] = ce[0] * (float)h;
+                    x[k][r][3] = ce[1] * (float)w;
+                }
+                float a = rr[vr] * rc[vc];
+                area[k] = (a < 0 ? -a : a) + 1e-9f;
+            }
+            for (int64_t k = 0; k < K; ++k) total += area[k];
+            /* each prediction is weighted by the area of the diagonally opposite neighbour */
+            for (int64_t k = 0; k < K; ++k) weight[k][r] = K == 1 ? 1.0f : area[K - 1 - k] / total;
+        }
+        v16 res[R], sum[R];
+        for (int r = 0; r < m; ++r) sum[r] = (v16){0};
+        for (int64_t k = 0; k < K; ++k) {
+            if (m == R)
+                mlp(R, in_x, &x[k][0][0], 4, 0, &x[k][0][0], 0, index[k], depth, tables, layer_stride,
+                    cell_stride, w0t, wht, woutt, bout, res);
+            else
+                mlp(m, in_x, &x[k][0][0], 4, 0, &x[k][0][0], 0, index[k], depth, tables, layer_stride,
+                    cell_stride, w0t, wht, woutt, bout, res);
+            for (int r = 0; r < m; ++r) sum[r] += res[r] * weight[k][r];
+        }
+        store(m, sum, out_dim, out + i0 * out_dim);
+    }
+    return 0;
+}

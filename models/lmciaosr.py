@@ -82,32 +82,59 @@ class LMCiaoSR(ImplicitDecoder):
         self.imnet_q = make(imnet_q, args={"in_dim": self.code_dim + 2, "mod_up_merge": False})
 
     # -- per LR cell ----------------------------------------------------------------------
+    latent_band_cells = 1 << 14  # without autograd, per-cell work runs on bands of LR rows
+
     def latent(self, feat: torch.Tensor, inp: torch.Tensor, cell: torch.Tensor) -> Latent:
         b, c, h, w = feat.shape
-        rows = as_table(unfold3x3(feat))                    # (B, hw, 9C), channel-major
-        grid = rows.view(b, h * w, 3, 3, c)                 # the reference's (3, 3, C) reading
-        non_local = as_table(self.cs_attn(feat)) if self.non_local_attn else None
-        rel_cell = latent_cell(cell, h, w).expand(b, h * w, 2)
+        non_local = self.cs_attn(feat) if self.non_local_attn else None  # tiled: bounded memory
+        rel_cell = latent_cell(cell, h, w)
+        offsets = [self._key_offset(vx, vy, h, w, feat.device) for vx, vy in _NEIGHBOURS[self.local_size]]
+        # The attention MLPs hold ~10 KB of activations per LR cell: on a 1280x720 input the whole
+        # map at once would take GBs. Bands of rows (one-row halo for the 3x3 unfolding) compute
+        # exactly the same numbers in bounded memory.
+        band = max(1, self.latent_band_cells // w) if not torch.is_grad_enabled() else h
+        depth, hd = self.imnet_q.hidden_depth, self.imnet_q.hidden_dim
+        mods = feat.new_empty(depth, b, h * w, 2 * hd) if band < h else None
+        complexity = feat.new_empty(b, 1, h, w)
+        for r0 in range(0, h, band):
+            r1 = min(h, r0 + band)
+            a0, a1 = max(0, r0 - 1), min(h, r1 + 1)
+            cells = slice(r0 * w, r1 * w)
+            rows = as_table(unfold3x3(feat[:, :, a0:a1])[:, :, r0 - a0: r1 - a0])  # (B, n, 9C), channel-major
+            nl = None if non_local is None else as_table(non_local[:, :, r0:r1])
+            folded, comp = self._cells(rows, nl, rel_cell, [o[:, cells] for o in offsets])
+            if band >= h:
+                mods = folded.view(depth, b, h * w, -1)
+            else:
+                mods[:, :, cells] = folded.view(depth, b, (r1 - r0) * w, -1)
+            complexity[:, :, r0:r1] = comp.view(b, 1, r1 - r0, w)
+        return Latent(inp=inp, table=inp.new_zeros(b, h * w, 0), mods=mods, complexity=complexity)
+
+    def _cells(self, rows: torch.Tensor, non_local: torch.Tensor | None, rel_cell: torch.Tensor,
+               offsets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-cell attention for n cells: rows (B, n, 9C), non_local (B, n, nl), offsets (1, n, 2)
+        per neighbour -> folded render tables (depth, B*n, 2*hd) and complexity (B, n)."""
+        b, n = rows.shape[:2]
+        c = rows.shape[-1] // 9
+        grid = rows.view(b, n, 3, 3, c)                     # the reference's (3, 3, C) reading
+        rc = rel_cell.expand(b, n, 2)
         keys, values = [], []
-        for vx, vy in _NEIGHBOURS[self.local_size]:
+        for (vx, vy), offset in zip(_NEIGHBOURS[self.local_size], offsets):
             t, l = int(vy > 0), int(vx > 0)
-            key = grid[:, :, t:t + 2, l:l + 2].reshape(b, h * w, self.key_dim)
+            key = grid[:, :, t:t + 2, l:l + 2].reshape(b, n, self.key_dim)
             value = key if non_local is None else torch.cat([key, non_local], dim=-1)
-            offset = self._key_offset(vx, vy, h, w, feat.device).expand(b, h * w, 2)
-            keys.append(key * self.imnet_k(torch.cat([key, offset, rel_cell], dim=-1)))
-            values.append(value * self.imnet_v(torch.cat([value, offset, rel_cell], dim=-1)))
-        query = self.prenet_q(rows).unsqueeze(2)                                       # (B, hw, 1, 4C)
-        attn = (query @ torch.stack(keys, dim=-1) / self.softmax_scale).softmax(dim=-1)  # (B, hw, 1, K)
-        fused = (attn @ torch.stack(values, dim=-2)).squeeze(2)                         # (B, hw, value_dim)
+            offset = offset.expand(b, n, 2)
+            keys.append(key * self.imnet_k(torch.cat([key, offset, rc], dim=-1)))
+            values.append(value * self.imnet_v(torch.cat([value, offset, rc], dim=-1)))
+        query = self.prenet_q(rows).unsqueeze(2)                                       # (B, n, 1, 4C)
+        attn = (query @ torch.stack(keys, dim=-1) / self.softmax_scale).softmax(dim=-1)  # (B, n, 1, K)
+        fused = (attn @ torch.stack(values, dim=-2)).squeeze(2)                         # (B, n, value_dim)
         mod = self.hypernet_q(fused)
         code = mod[..., self.mod_dim:] if self.mod_input else fused
         w0 = self.imnet_q.hidden(0)
         layer0_bias = code @ w0.weight[:, : self.code_dim].t() + w0.bias
-        folded = self.imnet_q.fold(mod[..., : self.mod_dim].reshape(b * h * w, -1),
-                                   layer0_bias.reshape(b * h * w, -1))
-        complexity = mod[..., self.imnet_q.shift_slice()].abs().mean(-1).view(b, 1, h, w)
-        return Latent(inp=inp, table=inp.new_zeros(b, h * w, 0),
-                      mods=folded.view(folded.shape[0], b, h * w, -1), complexity=complexity)
+        folded = self.imnet_q.fold(mod[..., : self.mod_dim].reshape(b * n, -1), layer0_bias.reshape(b * n, -1))
+        return folded, mod[..., self.imnet_q.shift_slice()].abs().mean(-1)
 
     @staticmethod
     def _key_offset(vx: int, vy: int, h: int, w: int, device: torch.device) -> torch.Tensor:

@@ -286,3 +286,20 @@ def test_unfolding_is_required():
     s["args"]["feat_unfold"] = False
     with pytest.raises(ValueError, match="feat_unfold"):
         models.make(s)
+
+
+@torch.no_grad()
+def test_banded_latent_equals_whole_map(tiny, monkeypatch):
+    """Without autograd the per-cell attention runs on bands of LR rows (bounded memory on large
+    inputs): bands of 1, 2 and 3 rows give the same tables as the whole map at once."""
+    torch.manual_seed(5)
+    inp = torch.randn(2, 3, 9, 7)
+    feat = tiny.encode(inp)
+    cell = make_cell((27, 21)).unsqueeze(0).expand(2, -1, -1)
+    with torch.enable_grad():
+        whole = tiny.latent(feat, inp, cell)  # autograd on: one band
+    for rows in (1, 2, 3):
+        monkeypatch.setattr(tiny, "latent_band_cells", rows * 7)
+        banded = tiny.latent(feat, inp, cell)
+        torch.testing.assert_close(banded.mods, whole.mods.detach(), rtol=0, atol=1e-6)
+        torch.testing.assert_close(banded.complexity, whole.complexity.detach(), rtol=0, atol=1e-6)

@@ -130,3 +130,14 @@ def test_errors_are_one_clear_line(tmp_path, case):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_bf16_autocast_trains_on_the_cpu_and_fp16_is_refused(tmp_path):
+    cfg = _config(tmp_path, epochs=1)
+    r = _train("--config", str(cfg), "--save-root", str(tmp_path / "save"), "--name", "bf16", "--amp", "bf16")
+    assert r.returncode == 0, r.stderr[-2000:]
+    sd = _weights(tmp_path / "save" / "bf16" / "epoch-last.pth")
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in sd.values())  # fp32 master weights
+    r = _train("--config", str(cfg), "--save-root", str(tmp_path / "save"), "--name", "fp16", "--amp", "fp16",
+               "--device", "cpu")
+    assert r.returncode == 2 and "fp16 needs a CUDA device" in r.stderr

@@ -38,12 +38,25 @@ _lib: ctypes.CDLL | None = None
 _failed = False
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
+_pool_pid = 0
 _disabled = threading.local()
 
 
 def _cache_dir() -> Path:
+    """``$LMF_CACHE_DIR``, else ``$XDG_CACHE_HOME`` or ``~/.cache``, + ``/lmf-sr``; if that cannot
+    be created (read-only home), a per-user folder in the system temp dir."""
     root = os.environ.get("LMF_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "lmf-sr"
+    folder = Path(root) / "lmf-sr"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.access(folder, os.W_OK):
+            return folder
+    except OSError:
+        pass
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    folder = Path(tempfile.gettempdir()) / f"lmf-sr-{user}"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder
 
 
 def _cpu_id() -> str:
@@ -134,18 +147,23 @@ def disabled() -> Iterator[None]:
 
 def usable(x: torch.Tensor, tables: torch.Tensor, hidden_dim: int) -> bool:
     """Whether the kernel can compute this render call (else use the PyTorch path)."""
-    return (hidden_dim == HIDDEN and not getattr(_disabled, "on", False) and x.device.type == "cpu" and x.dtype == torch.float32
+    return (hidden_dim == HIDDEN and not getattr(_disabled, "on", False) and tables.device.type == "cpu" and x.device.type == "cpu" and x.dtype == torch.float32
             and tables.dtype == torch.float32 and tables.stride(-1) == 1
             and not (torch.is_grad_enabled() and (x.requires_grad or tables.requires_grad))
             and library() is not None)
 
 
 def _executor(n: int) -> ThreadPoolExecutor:
-    global _pool, _pool_size
-    if _pool is None or _pool_size != n:
+    """The worker pool (rebuilt when the thread count changes, and in a forked child, where the
+    parent's threads do not exist)."""
+    global _pool, _pool_size, _pool_pid
+    if _pool is None or _pool_size != n or _pool_pid != os.getpid():
         with _lock:
-            if _pool is None or _pool_size != n:
-                _pool, _pool_size = ThreadPoolExecutor(n, thread_name_prefix="lmf-render"), n
+            if _pool is None or _pool_size != n or _pool_pid != os.getpid():
+                if _pool is not None and _pool_pid == os.getpid():
+                    _pool.shutdown(wait=False)
+                _pool = ThreadPoolExecutor(n, thread_name_prefix="lmf-render")
+                _pool_size, _pool_pid = n, os.getpid()
     return _pool
 
 

@@ -1,6 +1,8 @@
 """The fused CPU render kernel computes the same function as the PyTorch render path."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -180,3 +182,36 @@ def test_fused_queries_match_pytorch_path_on_cell_borders(local_ensemble, with_c
         with fast_render.disabled():
             plain = m.render_at(coord, tables, (h, w), local_ensemble, cell)
         torch.testing.assert_close(fused, plain, rtol=0, atol=2e-5)
+
+
+def test_read_only_cache_falls_back_to_temp(monkeypatch, tmp_path):
+    monkeypatch.setenv("LMF_CACHE_DIR", str(tmp_path / "home-cache"))
+    monkeypatch.setattr(fast_render.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if "home-cache" in str(p) else real_access(p, mode))
+    folder = fast_render._cache_dir()
+    assert folder.parent == tmp_path / "tmp" and folder.name.startswith("lmf-sr-") and folder.is_dir()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_kernel_works_in_a_forked_child():
+    """A child forked after the parent used the thread pool gets a pool of its own (no hang)."""
+    import multiprocessing as mp
+
+    m = ModulatedMLP(4, 3, 16, 6)
+    with torch.no_grad():
+        folded = m.fold(torch.randn(50, m.mod_dim))
+        x, index = torch.randn(40000, 4), torch.randint(0, 50, (40000,))
+        torch.set_num_threads(2)
+        expect = m.render(x, folded, index)  # parent: pool started
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_render_in_child, (m, x, folded, index)).get(timeout=60)
+    torch.testing.assert_close(got, expect)
+
+
+def _render_in_child(m, x, folded, index):
+    torch.set_num_threads(2)
+    with torch.no_grad():
+        return m.render(x, folded, index)

@@ -303,3 +303,22 @@ def test_banded_latent_equals_whole_map(tiny, monkeypatch):
         banded = tiny.latent(feat, inp, cell)
         torch.testing.assert_close(banded.mods, whole.mods.detach(), rtol=0, atol=1e-6)
         torch.testing.assert_close(banded.complexity, whole.complexity.detach(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("s", [2, 3, 4])
+@pytest.mark.parametrize("hw", [(12, 12), (8, 14), (2, 4), (1, 1)])
+@torch.no_grad()
+def test_assembly_equals_transposed_conv_then_down(s, hw):
+    """The composed 4x4 assembly convolution (with exact row/column 0) == the reference's
+    conv_transpose2d at stride s followed by the stride-s down convolution."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(s)
+    m = CrossScaleAttention(16, [s])
+    for p in m.parameters():
+        p.normal_(0, 0.2)
+    h, w = hw[0] * s, hw[1] * s
+    attn = torch.softmax(torch.randn(1, 7, h, w), dim=1)
+    content = torch.randn(7, 16, 3 * s, 3 * s)
+    ref = m._down(s)(F.conv_transpose2d(attn, content, stride=s, padding=s))
+    torch.testing.assert_close(m._assemble(attn, content, s), ref, rtol=0, atol=2e-5)

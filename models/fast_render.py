@@ -182,9 +182,14 @@ def _weights(x: torch.Tensor, w0: torch.Tensor, hidden: list[torch.Tensor], w_ou
     return w0t, wht, woutt, bout
 
 
+def num_threads() -> int:
+    """Kernel threads: as many as PyTorch's intra-op threads."""
+    return torch.get_num_threads()
+
+
 def _parallel(n: int, run, rows_per_item: int = 1) -> None:
     """Call ``run(start, stop)`` on about equal parts of range(n), one per thread."""
-    threads = max(1, min(torch.get_num_threads(), n * rows_per_item // _MIN_ROWS_PER_THREAD))
+    threads = max(1, min(num_threads(), n * rows_per_item // _MIN_ROWS_PER_THREAD))
     if threads == 1:
         run(0, n)
         return

@@ -196,22 +196,38 @@ def test_read_only_cache_falls_back_to_temp(monkeypatch, tmp_path):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_kernel_works_in_a_forked_child():
-    """A child forked after the parent used the thread pool gets a pool of its own (no hang)."""
-    import multiprocessing as mp
+    """A child forked after the parent used the kernel's thread pool gets a pool of its own
+    (the parent's worker threads do not exist in the child: reusing the pool would hang)."""
+    import pickle
 
     m = ModulatedMLP(4, 3, 16, 6)
     with torch.no_grad():
         folded = m.fold(torch.randn(50, m.mod_dim))
         x, index = torch.randn(40000, 4), torch.randint(0, 50, (40000,))
         torch.set_num_threads(2)
-        expect = m.render(x, folded, index)  # parent: pool started
-    ctx = mp.get_context("fork")
-    with ctx.Pool(1) as pool:
-        got = pool.apply_async(_render_in_child, (m, x, folded, index)).get(timeout=60)
-    torch.testing.assert_close(got, expect)
-
-
-def _render_in_child(m, x, folded, index):
-    torch.set_num_threads(2)
-    with torch.no_grad():
-        return m.render(x, folded, index)
+        expect = m.render(x, folded, index)
+    assert fast_render._pool is not None and fast_render._pool_pid == os.getpid()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: no PyTorch intra-op parallelism here (OpenMP is not fork-safe)
+        code = 1
+        try:
+            torch.set_num_threads(1)  # PyTorch ops stay single-threaded; the kernel still uses 2
+            fast_render.num_threads = lambda: 2
+            with torch.no_grad():
+                got = m.render(x, folded, index)
+            ok = fast_render._pool_pid == os.getpid() and bool(abs(got.numpy() - expect.numpy()).max() < 1e-6)
+            os.write(write, pickle.dumps(ok))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    import select
+    ready, _, _ = select.select([read], [], [], 60)
+    if not ready:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung")
+    data = os.read(read, 1024)
+    os.waitpid(pid, 0)
+    assert pickle.loads(data) is True

@@ -63,7 +63,10 @@ class Scale2Mod:
             raise UserError(f"cannot read Scale2Mod table {os.fspath(path)!r}: {e.strerror}") from None
         except yaml.YAMLError as e:
             raise UserError(f"Scale2Mod table {os.fspath(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-        return cls(data)
+        try:
+            return cls(data)
+        except UserError as e:  # say which file: the message alone does not
+            raise UserError(f"{os.fspath(path)}: {e}") from None
 
     def to_dict(self) -> dict[float, dict[float, float]]:
         return {k: dict(v) for k, v in self.rows.items()}

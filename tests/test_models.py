@@ -357,4 +357,7 @@ def test_bad_scale2mod_tables_are_clear_errors(tmp_path):
     p.write_text("!!python/object/apply:os.system ['touch x']\n")
     with pytest.raises(UserError):
         Scale2Mod.load(p)
+    p.write_text("- 1\n- 2\n")  # valid YAML, not a table: the error names the file
+    with pytest.raises(UserError, match=r"t\.yaml: Scale2Mod table must be a non-empty mapping"):
+        Scale2Mod.load(p)
     assert math.isfinite(Scale2Mod({8: {1: 0.3}}).levels(8.0)[1][1])

@@ -31,6 +31,7 @@ class Field:
     registry: str | None = None     # for kind == 'spec': which registry names it
     item: Any = None                # element type for lists
     choices: tuple | None = None
+    minimum: float | None = None    # numbers: smallest allowed value
     injected: tuple = ()            # spec args the code supplies (a wrapper's inner dataset)
     help: str = ""
 
@@ -103,6 +104,8 @@ class Validator:
             self.fail(key, f"expected {_type_name(f.kind)}, got {v!r:.60}")
         if f.choices is not None and v2 not in f.choices:
             self.fail(key, f"{v2!r} is not allowed; allowed: {', '.join(map(str, f.choices))}")
+        if f.minimum is not None and isinstance(v2, (int, float)) and not v2 >= f.minimum:
+            self.fail(key, f"must be at least {f.minimum:g}, got {v2!r}")
         if f.schema is not None:
             v2 = self.mapping(v2, f.schema, key)
         if f.item is not None:
@@ -174,7 +177,7 @@ SPEC_DATASET = Field("spec", required=True, registry="dataset")
 DATASET = {
     "dataset": SPEC_DATASET,
     "wrapper": Field("spec", registry="dataset", injected=("dataset",)),
-    "batch_size": Field(int, default=1),
+    "batch_size": Field(int, default=1, minimum=1),
 }
 _NORM_PART = {"sub": Field(list, item=float, default=[0.5]), "div": Field(list, item=float, default=[0.5])}
 DATA_NORM = {"inp": Field(dict, schema=_NORM_PART, default={"sub": [0.5], "div": [0.5]}),
@@ -186,23 +189,23 @@ TRAIN = {
     "val_dataset": Field(dict, schema=DATASET),
     "data_norm": Field(dict, schema=DATA_NORM, default=_DEFAULT_NORM),
     "eval_type": Field(str),
-    "eval_bsize": Field(int),
+    "eval_bsize": Field(int, minimum=1),
     "model": Field("spec", required=True, registry="model"),
     "optimizer": Field(dict, required=True, schema={
         "name": Field(str, required=True, choices=("adam", "adamw", "sgd")),
-        "args": Field(dict, schema={"lr": Field(float, required=True), "weight_decay": Field(float),
+        "args": Field(dict, schema={"lr": Field(float, required=True, minimum=0), "weight_decay": Field(float),
                                     "betas": Field(list, item=float), "momentum": Field(float)}),
     }),
-    "epoch_max": Field(int, required=True),
+    "epoch_max": Field(int, required=True, minimum=1),
     "multi_step_lr": Field(dict, schema={"milestones": Field(list, item=int, required=True),
                                          "gamma": Field(float, default=0.5)}),
-    "epoch_val": Field(int),
-    "epoch_save": Field(int),
+    "epoch_val": Field(int, minimum=1),
+    "epoch_save": Field(int, minimum=1),
     "resume": Field(str, help="official key; ignored (use --resume)"),
     "seed": Field(int, default=0),
-    "num_workers": Field(int, default=4),
-    "max_iters_per_epoch": Field(int, help="cap on iterations per epoch (small CPU runs)"),
-    "max_minutes": Field(float, help="stop (after saving) once this much wall time has passed"),
+    "num_workers": Field(int, default=4, minimum=0),
+    "max_iters_per_epoch": Field(int, minimum=1, help="cap on iterations per epoch (small CPU runs)"),
+    "max_minutes": Field(float, minimum=0, help="stop (after saving) once this much wall time has passed"),
     "scale_max": Field(float, default=4.0, help="training scale range for validation cell clipping"),
 }
 
@@ -210,5 +213,5 @@ TEST = {
     "test_dataset": Field(dict, required=True, schema=DATASET),
     "data_norm": Field(dict, schema=DATA_NORM, default=_DEFAULT_NORM),
     "eval_type": Field(str),
-    "eval_bsize": Field(int),
+    "eval_bsize": Field(int, minimum=1),
 }

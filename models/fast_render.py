@@ -93,7 +93,8 @@ def _build() -> ctypes.CDLL:
         fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=suffix)
         os.close(fd)
         try:
-            proc = subprocess.run([cc, *flags, "-o", tmp, str(_SOURCE)], capture_output=True, text=True)
+            libs = [] if sys.platform == "win32" else ["-lm"]
+            proc = subprocess.run([cc, *flags, "-o", tmp, str(_SOURCE), *libs], capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"{cc} failed: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
             os.replace(tmp, target)  # atomic: concurrent processes never load a half-written file
@@ -112,6 +113,10 @@ def _build() -> ctypes.CDLL:
     fn = lib.lmf_query16
     fn.argtypes = [i64, ptr, i64, ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr,
                    ctypes.c_float, i64, ptr, i64, i64, ptr, ptr, i64, ptr, ptr, ptr]
+    fn.restype = ctypes.c_int
+    fn = lib.lmf_lte16
+    fn.argtypes = [i64, ptr, i64, ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr,
+                   ctypes.c_float, ptr, i64, i64, ptr, i64, i64, ptr, ptr, i64, ptr, ptr, ptr]
     fn.restype = ctypes.c_int
     return lib
 
@@ -280,8 +285,6 @@ def query16(coord: torch.Tensor, cell: torch.Tensor | None, tables: torch.Tensor
     coord, cell (B, Q, 2) (cell None: no cell input); tables (depth, B, h*w, 32).
     Returns (B, Q, out). Nothing per neighbour is materialised: memory is the output only.
     """
-    from . import query as Q  # local: query does not need this module
-
     lib = library()
     assert lib is not None
     b, q, _ = coord.shape
@@ -293,10 +296,7 @@ def query16(coord: torch.Tensor, cell: torch.Tensor | None, tables: torch.Tensor
         cell = cell.detach().float().expand(b, q, 2)
         if cell.stride(-1) != 1:
             cell = cell.contiguous()
-    th_r, th_c = Q.axis_thresholds(h), Q.axis_thresholds(w)
-    cen_r, cen_c = Q.axis_coords(h), Q.axis_coords(w)
-    sh_r, sh_c = Q.axis_shifts(h, local_ensemble), Q.axis_shifts(w, local_ensemble)
-    clamp = float(torch.tensor(Q.CLAMP, dtype=torch.float32))
+    th_r, th_c, cen_r, cen_c, sh_r, sh_c, clamp = _lookup_tables(h, w, local_ensemble)
     w0t, wht, woutt, bout = _weights(coord, w0, hidden, w_out, b_out)
     out = coord.new_empty(b, q, out_dim)
     tables = tables.detach()
@@ -312,6 +312,62 @@ def query16(coord: torch.Tensor, cell: torch.Tensor | None, tables: torch.Tensor
                 sh_r.data_ptr(), sh_c.data_ptr(), clamp, depth, tables[:, i].data_ptr(),
                 tables.stride(0), tables.stride(2), w0t.data_ptr(), wht.data_ptr(), out_dim,
                 woutt.data_ptr(), bout.data_ptr(), out[i].data_ptr() + start * out_dim * 4)
+
+        _parallel(q, run, rows_per_item=v * v)
+    return out
+
+
+def _lookup_tables(h: int, w: int, local_ensemble: bool) -> tuple:
+    """What the kernels need to reproduce :func:`query.locate`: per-axis thresholds, cell
+    centres and shifts, and the clamp (as float32)."""
+    from . import query as Q  # local: query does not need this module
+
+    return (Q.axis_thresholds(h), Q.axis_thresholds(w), Q.axis_coords(h), Q.axis_coords(w),
+            Q.axis_shifts(h, local_ensemble), Q.axis_shifts(w, local_ensemble),
+            float(torch.tensor(Q.CLAMP, dtype=torch.float32)))
+
+
+LTE_MAX_INPUT = 128
+
+
+@torch.no_grad()
+def lte16(coord: torch.Tensor, phase: torch.Tensor, code: torch.Tensor, tables: torch.Tensor, h: int, w: int,
+          local_ensemble: bool, w0: torch.Tensor, hidden: list[torch.Tensor], w_out: torch.Tensor,
+          b_out: torch.Tensor) -> torch.Tensor:
+    """LM-LTE's per-query path in one kernel: look-up (as :func:`query.locate`), Fourier input
+    ``coef * [cos(pi phi), sin(pi phi)]`` from each neighbour's [coef | freq] row of ``code``
+    (B, h*w, 2*in), modulated render, blend. coord (B, Q, 2); phase (B, Q, in/2) or (B, 1, in/2)."""
+    lib = library()
+    assert lib is not None
+    b, q, _ = coord.shape
+    m2 = code.shape[-1] // 2
+    depth, out_dim = tables.shape[0], w_out.shape[0]
+    coord = coord.detach().float()
+    if coord.stride(-1) != 1:
+        coord = coord.contiguous()
+    phase = phase.detach().float().expand(b, phase.shape[1], m2 // 2)
+    if phase.stride(-1) != 1:
+        phase = phase.contiguous()
+    code = code.detach().float()
+    if code.stride(-1) != 1:
+        code = code.contiguous()
+    th_r, th_c, cen_r, cen_c, sh_r, sh_c, clamp = _lookup_tables(h, w, local_ensemble)
+    w0t, wht, woutt, bout = _weights(coord, w0, hidden, w_out, b_out)
+    out = coord.new_empty(b, q, out_dim)
+    tables = tables.detach()
+    v = 2 if local_ensemble else 1
+    phase_sq = phase.stride(1) if phase.shape[1] > 1 else 0
+    for i in range(b):
+        def run(start: int, stop: int, i: int = i) -> None:
+            rc = lib.lmf_lte16(
+                stop - start, coord[i].data_ptr() + start * coord.stride(1) * 4, coord.stride(1),
+                phase[i].data_ptr() + start * phase_sq * 4, phase_sq, m2, v, h, w,
+                th_r.data_ptr(), th_c.data_ptr(), cen_r.data_ptr(), cen_c.data_ptr(), sh_r.data_ptr(),
+                sh_c.data_ptr(), clamp, code[i].data_ptr(), code.stride(1), depth, tables[:, i].data_ptr(),
+                tables.stride(0), tables.stride(2), w0t.data_ptr(), wht.data_ptr(), out_dim,
+                woutt.data_ptr(), bout.data_ptr(), out[i].data_ptr() + start * out_dim * 4)
+            if rc != 0:
+                raise ValueError(f"fused LTE render: input width {m2} not supported")
 
         _parallel(q, run, rows_per_item=v * v)
     return out

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
+from . import fast_render
 from . import query as Q
 from .decoder import ImplicitDecoder, Latent, as_table, latent_cell
 from .lmliif import lm_dims
@@ -24,8 +25,8 @@ class LMLTE(ImplicitDecoder):
     default_bsize = 8192
 
     def chunk_size(self, lat: Latent) -> int:
-        # the fused render still needs the per-neighbour Fourier inputs: moderate chunks
-        return 4 * self.default_bsize if self.imnet.fused(lat.mods) else self.default_bsize
+        # the fused kernel keeps nothing per query but the output: large chunks, less overhead
+        return fast_render.FUSED_BSIZE if self.imnet.fused(lat.mods) else self.default_bsize
 
     def __init__(self, encoder_spec: Mapping[str, Any], imnet_spec: Mapping[str, Any] | None = None,
                  hypernet_spec: Mapping[str, Any] | None = None, hidden_dim: int = 128,
@@ -68,6 +69,17 @@ class LMLTE(ImplicitDecoder):
 
     def render(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         h, w = lat.hw
+        if self.imnet.fused(lat.mods) and self.code_dim <= fast_render.LTE_MAX_INPUT and not coord.requires_grad:
+            if self.cell_decode:
+                phase_fn = self.imphase if self.mod_input else self.phase
+                phase = phase_fn(Q.rel_cell(cell, h, w))
+            else:
+                phase = coord.new_zeros(coord.shape[0], 1, self.code_dim // 2)
+            last = self.imnet.layers[-1]
+            return fast_render.lte16(coord, phase, lat.table, lat.mods, h, w, self.local_ensemble,
+                                     self.imnet.hidden(0).weight,
+                                     [self.imnet.hidden(l).weight for l in range(1, self.imnet.hidden_depth)],
+                                     last.weight, last.bias)
         lk = Q.locate(coord, h, w, self.local_ensemble)
         b, k, q = lk.index.shape
         rows = Q.gather(lat.table, lk.index)

@@ -68,7 +68,7 @@ def test_kernel_threads_strides_and_layer0_weight(monkeypatch):
     torch.testing.assert_close(m.render(x20, folded), reference(m, x20, folded, None), rtol=0, atol=2e-5)
 
 
-@pytest.mark.parametrize("name", ["lmliif", "lmliif-noens", "lmlte"])
+@pytest.mark.parametrize("name", ["lmliif", "lmliif-noens", "lmlte", "lmlte-plain"])
 @torch.no_grad()
 def test_blended_render_matches_pytorch_path(name, monkeypatch):
     """Whole decoders, batch of 2, non-square LR, odd query count: kernel == layer-by-layer."""
@@ -80,8 +80,12 @@ def test_blended_render_matches_pytorch_path(name, monkeypatch):
         spec = {"name": "lmliif", "args": {"encoder_spec": enc, "imnet_spec": imnet, "mod_input": True,
                 "local_ensemble": name == "lmliif",
                 "hypernet_spec": {"name": "mlp", "args": {"hidden_list": [32]}}}}
-    else:
+    elif name == "lmlte":
         spec = {"name": "lmlte", "args": {"encoder_spec": enc, "imnet_spec": imnet, "hidden_dim": 16, "mod_input": True,
+                "hypernet_spec": {"name": "mlp", "args": {"hidden_list": [32]}}}}
+    else:  # no compact code: the Fourier input is 32 wide; no cell input, no ensemble
+        spec = {"name": "lmlte", "args": {"encoder_spec": enc, "imnet_spec": imnet, "hidden_dim": 32,
+                "mod_input": False, "cell_decode": False, "local_ensemble": False,
                 "hypernet_spec": {"name": "mlp", "args": {"hidden_list": [32]}}}}
     model = models.make(spec).eval()
     for p in model.parameters():  # random, not default-initialised, so every term matters

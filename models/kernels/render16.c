@@ -17,6 +17,7 @@
  *
  * No allocation, no global state, no threads: the caller splits the work across threads.
  */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -178,6 +179,60 @@ static inline int64_t axis_cell(float x, const float *t, int64_t n)
  * use_cell: append cell * (h, w) to the MLP input; th_r/th_c, cen_r/cen_c: thresholds and cell
  * centres per axis; shift_r/shift_c: V shifts per axis; clamp: the look-up clamp; the rest as in
  * lmf_render16 (tables of this image). out: (q, out_dim). Returns 0. */
+/* Look-up of one query: the K = V*V neighbour cells (index), relative coordinates (rel) and
+ * ensemble weights, exactly as query.locate computes them. */
+static inline void locate1(const float *c, int64_t V, int64_t h, int64_t w, const float *th_r,
+                           const float *th_c, const float *cen_r, const float *cen_c,
+                           const float *shift_r, const float *shift_c, float clamp,
+                           int64_t index[4], float rel[4][2], float weight[4])
+{
+    int64_t ri[2], ci[2];
+    float rr[2], rc[2];
+    for (int64_t v = 0; v < V; ++v) {
+        float sy = c[0] + shift_r[v], sx = c[1] + shift_c[v];
+        sy = sy < -clamp ? -clamp : (sy > clamp ? clamp : sy);
+        sx = sx < -clamp ? -clamp : (sx > clamp ? clamp : sx);
+        ri[v] = axis_cell(sy, th_r, h);
+        ci[v] = axis_cell(sx, th_c, w);
+        rr[v] = (c[0] - cen_r[ri[v]]) * (float)h;
+        rc[v] = (c[1] - cen_c[ci[v]]) * (float)w;
+    }
+    const int64_t K = V * V;
+    float area[4], total = 0.0f;
+    for (int64_t k = 0; k < K; ++k) {
+        const int64_t vr = k / V, vc = k % V;
+        index[k] = ri[vr] * w + ci[vc];
+        rel[k][0] = rr[vr];
+        rel[k][1] = rc[vc];
+        float a = rr[vr] * rc[vc];
+        area[k] = (a < 0 ? -a : a) + 1e-9f;
+    }
+    for (int64_t k = 0; k < K; ++k) total += area[k];
+    /* each prediction is weighted by the area of the diagonally opposite neighbour */
+    for (int64_t k = 0; k < K; ++k) weight[k] = K == 1 ? 1.0f : area[K - 1 - k] / total;
+}
+
+/* Blend the K renders of m queries whose inputs are x[k][r][0:in_x]. */
+static inline __attribute__((always_inline)) void
+render_blend(int m, int64_t K, int64_t in_x, const float *x, int64_t x_sk, int64_t x_sr,
+             int64_t index[4][R], float weight[4][R], int64_t depth, const float *tables,
+             int64_t layer_stride, int64_t cell_stride, const float *w0t, const float *wht,
+             int64_t out_dim, const float *woutt, const float *bout, float *out)
+{
+    v16 res[R], sum[R];
+    for (int r = 0; r < m; ++r) sum[r] = (v16){0};
+    for (int64_t k = 0; k < K; ++k) {
+        if (m == R)
+            mlp(R, in_x, x + k * x_sk, x_sr, 0, x, 0, index[k], depth, tables, layer_stride,
+                cell_stride, w0t, wht, woutt, bout, res);
+        else
+            mlp(m, in_x, x + k * x_sk, x_sr, 0, x, 0, index[k], depth, tables, layer_stride,
+                cell_stride, w0t, wht, woutt, bout, res);
+        for (int r = 0; r < m; ++r) sum[r] += res[r] * weight[k][r];
+    }
+    store(m, sum, out_dim, out);
+}
+
 int lmf_query16(int64_t q, const float *coord, int64_t coord_sq, const float *cell,
                 int64_t cell_sq, int64_t use_cell, int64_t V, int64_t h, int64_t w,
                 const float *th_r, const float *th_c, const float *cen_r, const float *cen_c,
@@ -193,48 +248,90 @@ int lmf_query16(int64_t q, const float *coord, int64_t coord_sq, const float *ce
         int64_t index[4][R];
         float weight[4][R];
         for (int r = 0; r < m; ++r) {
-            const float *c = coord + (i0 + r) * coord_sq;
-            int64_t ri[2], ci[2];
-            float rr[2], rc[2];
-            for (int64_t v = 0; v < V; ++v) {
-                float sy = c[0] + shift_r[v], sx = c[1] + shift_c[v];
-                sy = sy < -clamp ? -clamp : (sy > clamp ? clamp : sy);
-                sx = sx < -clamp ? -clamp : (sx > clamp ? clamp : sx);
-                ri[v] = axis_cell(sy, th_r, h);
-                ci[v] = axis_cell(sx, th_c, w);
-                rr[v] = (c[0] - cen_r[ri[v]]) * (float)h;
-                rc[v] = (c[1] - cen_c[ci[v]]) * (float)w;
-            }
-            float area[4], total = 0.0f;
+            int64_t idx[4];
+            float rel[4][2], wt[4];
+            locate1(coord + (i0 + r) * coord_sq, V, h, w, th_r, th_c, cen_r, cen_c, shift_r,
+                    shift_c, clamp, idx, rel, wt);
+            const float *ce = cell + (i0 + r) * cell_sq;
             for (int64_t k = 0; k < K; ++k) {
-                const int64_t vr = k / V, vc = k % V;
-                index[k][r] = ri[vr] * w + ci[vc];
-                x[k][r][0] = rr[vr];
-                x[k][r][1] = rc[vc];
+                index[k][r] = idx[k];
+                weight[k][r] = wt[k];
+                x[k][r][0] = rel[k][0];
+                x[k][r][1] = rel[k][1];
                 if (use_cell) {
-                    const float *ce = cell + (i0 + r) * cell_sq;
                     x[k][r][2] = ce[0] * (float)h;
                     x[k][r][3] = ce[1] * (float)w;
                 }
-                float a = rr[vr] * rc[vc];
-                area[k] = (a < 0 ? -a : a) + 1e-9f;
             }
-            for (int64_t k = 0; k < K; ++k) total += area[k];
-            /* each prediction is weighted by the area of the diagonally opposite neighbour */
-            for (int64_t k = 0; k < K; ++k) weight[k][r] = K == 1 ? 1.0f : area[K - 1 - k] / total;
         }
-        v16 res[R], sum[R];
-        for (int r = 0; r < m; ++r) sum[r] = (v16){0};
-        for (int64_t k = 0; k < K; ++k) {
-            if (m == R)
-                mlp(R, in_x, &x[k][0][0], 4, 0, &x[k][0][0], 0, index[k], depth, tables, layer_stride,
-                    cell_stride, w0t, wht, woutt, bout, res);
-            else
-                mlp(m, in_x, &x[k][0][0], 4, 0, &x[k][0][0], 0, index[k], depth, tables, layer_stride,
-                    cell_stride, w0t, wht, woutt, bout, res);
-            for (int r = 0; r < m; ++r) sum[r] += res[r] * weight[k][r];
+        render_blend(m, K, in_x, &x[0][0][0], R * 4, 4, index, weight, depth, tables,
+                     layer_stride, cell_stride, w0t, wht, out_dim, woutt, bout, out + i0 * out_dim);
+    }
+    return 0;
+}
+
+/* cos(pi p) and sin(pi p) as PyTorch evaluates them on float32: the argument pi*p is rounded
+ * to float32 first, then reduced by pi/2 (two-part constant) and evaluated by polynomials on
+ * [-pi/4, pi/4] (errors ~1e-9, below float32 rounding). */
+static inline void cos_sin_pi(float p, float *c, float *s)
+{
+    const float a = 3.14159265358979323846f * p;
+    const float k = rintf(a * 0.636619772367581343f);
+    float t = a - k * 1.57079637050628662109375f;
+    t = t - k * -4.37113900018624283e-8f;
+    const float t2 = t * t;
+    const float sn = t * (1.0f + t2 * (-1.0f / 6 + t2 * (1.0f / 120 + t2 * (-1.0f / 5040 + t2 * (1.0f / 362880)))));
+    const float cs = 1.0f + t2 * (-0.5f + t2 * (1.0f / 24 + t2 * (-1.0f / 720 + t2 * (1.0f / 40320
+                     + t2 * (-1.0f / 3628800)))));
+    const int q = ((int)k) & 3;  /* a = t + q * pi/2 */
+    const float s0 = (q & 1) ? cs : sn, c0 = (q & 1) ? sn : cs;
+    *s = (q & 2) ? -s0 : s0;
+    *c = ((q + 1) & 2) ? -c0 : c0;
+}
+
+/* LM-LTE's per-query path in one pass: look-up as lmf_query16; for neighbour k with cell
+ * table row [coef (2m) | freq (2m)] (code + index * code_stride) the MLP input is
+ * coef * [cos(pi phi), sin(pi phi)], phi_j = freq_2j * rel_row + freq_2j+1 * rel_col + phase_j
+ * (phase: m floats per query, row stride phase_sq, 0 to share). m <= 64. Returns 0, or 1 if m
+ * is too large. */
+int lmf_lte16(int64_t q, const float *coord, int64_t coord_sq, const float *phase,
+              int64_t phase_sq, int64_t m2, int64_t V, int64_t h, int64_t w, const float *th_r,
+              const float *th_c, const float *cen_r, const float *cen_c, const float *shift_r,
+              const float *shift_c, float clamp, const float *code, int64_t code_stride,
+              int64_t depth, const float *tables, int64_t layer_stride, int64_t cell_stride,
+              const float *w0t, const float *wht, int64_t out_dim, const float *woutt,
+              const float *bout, float *out)
+{
+    enum { MAXIN = 128 };
+    const int64_t m = m2 / 2, K = V * V;
+    if (m2 > MAXIN || m2 % 2) return 1;
+    for (int64_t i0 = 0; i0 < q; i0 += R) {
+        const int mq = (int)(q - i0 < R ? q - i0 : R);
+        float x[4][R][MAXIN];
+        int64_t index[4][R];
+        float weight[4][R];
+        for (int r = 0; r < mq; ++r) {
+            int64_t idx[4];
+            float rel[4][2], wt[4];
+            locate1(coord + (i0 + r) * coord_sq, V, h, w, th_r, th_c, cen_r, cen_c, shift_r,
+                    shift_c, clamp, idx, rel, wt);
+            const float *ph = phase + (i0 + r) * phase_sq;
+            for (int64_t k = 0; k < K; ++k) {
+                index[k][r] = idx[k];
+                weight[k][r] = wt[k];
+                const float *coef = code + idx[k] * code_stride, *freq = coef + m2;
+                float *xr = x[k][r];
+                for (int64_t j = 0; j < m; ++j) {
+                    const float phi = freq[2 * j] * rel[k][0] + freq[2 * j + 1] * rel[k][1] + ph[j];
+                    float cj, sj;
+                    cos_sin_pi(phi, &cj, &sj);
+                    xr[j] = coef[j] * cj;
+                    xr[m + j] = coef[m + j] * sj;
+                }
+            }
         }
-        store(m, sum, out_dim, out + i0 * out_dim);
+        render_blend(mq, K, m2, &x[0][0][0], R * MAXIN, MAXIN, index, weight, depth, tables,
+                     layer_stride, cell_stride, w0t, wht, out_dim, woutt, bout, out + i0 * out_dim);
     }
     return 0;
 }

@@ -288,43 +288,52 @@ def query16(coord: torch.Tensor, cell: torch.Tensor | None, tables: torch.Tensor
     lib = library()
     assert lib is not None
     b, q, _ = coord.shape
-    depth, out_dim = tables.shape[0], w_out.shape[0]
-    coord = coord.detach().float()
-    if coord.stride(-1) != 1:
-        coord = coord.contiguous()
-    if cell is not None:
-        cell = cell.detach().float().expand(b, q, 2)
-        if cell.stride(-1) != 1:
-            cell = cell.contiguous()
-    th_r, th_c, cen_r, cen_c, sh_r, sh_c, clamp = _lookup_tables(h, w, local_ensemble)
-    w0t, wht, woutt, bout = _weights(coord, w0, hidden, w_out, b_out)
-    out = coord.new_empty(b, q, out_dim)
-    tables = tables.detach()
-    v = 2 if local_ensemble else 1
+    coord = _float_rows(coord)
+    cell = None if cell is None else _float_rows(cell.expand(b, q, 2))
+    call = _QueryCall(coord, h, w, local_ensemble, tables, w0, hidden, w_out, b_out)
     for i in range(b):
         cl = cell[i] if cell is not None else coord[i]
 
         def run(start: int, stop: int, i: int = i, cl: torch.Tensor = cl) -> None:
-            lib.lmf_query16(
-                stop - start, coord[i].data_ptr() + start * coord.stride(1) * 4, coord.stride(1),
-                cl.data_ptr() + start * cl.stride(0) * 4, cl.stride(0), int(cell is not None), v, h, w,
-                th_r.data_ptr(), th_c.data_ptr(), cen_r.data_ptr(), cen_c.data_ptr(),
-                sh_r.data_ptr(), sh_c.data_ptr(), clamp, depth, tables[:, i].data_ptr(),
-                tables.stride(0), tables.stride(2), w0t.data_ptr(), wht.data_ptr(), out_dim,
-                woutt.data_ptr(), bout.data_ptr(), out[i].data_ptr() + start * out_dim * 4)
+            lib.lmf_query16(*call.head(i, start, stop), cl.data_ptr() + start * cl.stride(0) * 4, cl.stride(0),
+                            int(cell is not None), *call.lookup, *call.tail(i, start))
 
-        _parallel(q, run, rows_per_item=v * v)
-    return out
+        _parallel(q, run, rows_per_item=call.k)
+    return call.out
 
 
-def _lookup_tables(h: int, w: int, local_ensemble: bool) -> tuple:
-    """What the kernels need to reproduce :func:`query.locate`: per-axis thresholds, cell
-    centres and shifts, and the clamp (as float32)."""
-    from . import query as Q  # local: query does not need this module
+def _float_rows(t: torch.Tensor) -> torch.Tensor:
+    """Detached float32 with unit stride along the last dim (what the kernels index)."""
+    t = t.detach().float()
+    return t if t.stride(-1) == 1 else t.contiguous()
 
-    return (Q.axis_thresholds(h), Q.axis_thresholds(w), Q.axis_coords(h), Q.axis_coords(w),
-            Q.axis_shifts(h, local_ensemble), Q.axis_shifts(w, local_ensemble),
-            float(torch.tensor(Q.CLAMP, dtype=torch.float32)))
+
+class _QueryCall:
+    """Arguments shared by the query kernels: the queries, the look-up tables of
+    :func:`query.locate`, the render tables and MLP weights, and the output (B, Q, out)."""
+
+    def __init__(self, coord: torch.Tensor, h: int, w: int, local_ensemble: bool, tables: torch.Tensor,
+                 w0: torch.Tensor, hidden: list[torch.Tensor], w_out: torch.Tensor, b_out: torch.Tensor) -> None:
+        from . import query as Q  # local: query does not need this module
+
+        self.coord, self.tables = coord, tables.detach()
+        v = 2 if local_ensemble else 1
+        self.k = v * v
+        self._keep = (Q.axis_thresholds(h), Q.axis_thresholds(w), Q.axis_coords(h), Q.axis_coords(w),
+                      Q.axis_shifts(h, local_ensemble), Q.axis_shifts(w, local_ensemble))
+        clamp = float(torch.tensor(Q.CLAMP, dtype=torch.float32))
+        self.lookup = (v, h, w, *(t.data_ptr() for t in self._keep), clamp)
+        self.weights = _weights(coord, w0, hidden, w_out, b_out)
+        self.out = coord.new_empty(coord.shape[0], coord.shape[1], w_out.shape[0])
+
+    def head(self, i: int, start: int, stop: int) -> tuple:
+        c = self.coord
+        return stop - start, c[i].data_ptr() + start * c.stride(1) * 4, c.stride(1)
+
+    def tail(self, i: int, start: int) -> tuple:
+        t, (w0t, wht, woutt, bout), out = self.tables, self.weights, self.out
+        return (t.shape[0], t[:, i].data_ptr(), t.stride(0), t.stride(2), w0t.data_ptr(), wht.data_ptr(),
+                out.shape[-1], woutt.data_ptr(), bout.data_ptr(), out[i].data_ptr() + start * out.shape[-1] * 4)
 
 
 LTE_MAX_INPUT = 128
@@ -341,33 +350,16 @@ def lte16(coord: torch.Tensor, phase: torch.Tensor, code: torch.Tensor, tables: 
     assert lib is not None
     b, q, _ = coord.shape
     m2 = code.shape[-1] // 2
-    depth, out_dim = tables.shape[0], w_out.shape[0]
-    coord = coord.detach().float()
-    if coord.stride(-1) != 1:
-        coord = coord.contiguous()
-    phase = phase.detach().float().expand(b, phase.shape[1], m2 // 2)
-    if phase.stride(-1) != 1:
-        phase = phase.contiguous()
-    code = code.detach().float()
-    if code.stride(-1) != 1:
-        code = code.contiguous()
-    th_r, th_c, cen_r, cen_c, sh_r, sh_c, clamp = _lookup_tables(h, w, local_ensemble)
-    w0t, wht, woutt, bout = _weights(coord, w0, hidden, w_out, b_out)
-    out = coord.new_empty(b, q, out_dim)
-    tables = tables.detach()
-    v = 2 if local_ensemble else 1
+    coord, code = _float_rows(coord), _float_rows(code)
+    phase = _float_rows(phase.expand(b, phase.shape[1], m2 // 2))
     phase_sq = phase.stride(1) if phase.shape[1] > 1 else 0
+    call = _QueryCall(coord, h, w, local_ensemble, tables, w0, hidden, w_out, b_out)
     for i in range(b):
         def run(start: int, stop: int, i: int = i) -> None:
-            rc = lib.lmf_lte16(
-                stop - start, coord[i].data_ptr() + start * coord.stride(1) * 4, coord.stride(1),
-                phase[i].data_ptr() + start * phase_sq * 4, phase_sq, m2, v, h, w,
-                th_r.data_ptr(), th_c.data_ptr(), cen_r.data_ptr(), cen_c.data_ptr(), sh_r.data_ptr(),
-                sh_c.data_ptr(), clamp, code[i].data_ptr(), code.stride(1), depth, tables[:, i].data_ptr(),
-                tables.stride(0), tables.stride(2), w0t.data_ptr(), wht.data_ptr(), out_dim,
-                woutt.data_ptr(), bout.data_ptr(), out[i].data_ptr() + start * out_dim * 4)
+            rc = lib.lmf_lte16(*call.head(i, start, stop), phase[i].data_ptr() + start * phase_sq * 4, phase_sq,
+                               m2, *call.lookup, code[i].data_ptr(), code.stride(1), *call.tail(i, start))
             if rc != 0:
                 raise ValueError(f"fused LTE render: input width {m2} not supported")
 
-        _parallel(q, run, rows_per_item=v * v)
-    return out
+        _parallel(q, run, rows_per_item=call.k)
+    return call.out

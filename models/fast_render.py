@@ -106,10 +106,6 @@ def _build() -> ctypes.CDLL:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     fn.argtypes = [i64, i64, ptr, ptr, i64, ptr, i64, i64, ptr, ptr, i64, ptr, ptr, ptr]
     fn.restype = ctypes.c_int
-    fn = lib.lmf_render16_blend
-    fn.argtypes = [i64, i64, i64, ptr, i64, i64, ptr, i64, ptr, i64, ptr, i64, i64, ptr, i64, i64,
-                   ptr, ptr, i64, ptr, ptr, ptr]
-    fn.restype = ctypes.c_int
     fn = lib.lmf_query16
     fn.argtypes = [i64, ptr, i64, ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr,
                    ctypes.c_float, i64, ptr, i64, i64, ptr, ptr, i64, ptr, ptr, ptr]
@@ -230,48 +226,6 @@ def render16(x: torch.Tensor, tables: torch.Tensor, index: torch.Tensor | None,
 
     _parallel(n, run)
     return out
-
-
-@torch.no_grad()
-def render16_blend(x: torch.Tensor, shared: torch.Tensor | None, tables: torch.Tensor, index: torch.Tensor,
-                   weight: torch.Tensor, w0: torch.Tensor, hidden: list[torch.Tensor], w_out: torch.Tensor,
-                   b_out: torch.Tensor) -> torch.Tensor:
-    """Fused render + local-ensemble blend for a batch of images.
-
-    x (B, K, Q, in_x): per-neighbour inputs; shared (B, Q, in_s) or None: inputs common to the
-    K neighbours (appended after x); tables (depth, B, hw, 32); index (B, K, Q) cell of each
-    neighbour in its image; weight (B, K, Q). Returns (B, Q, out) = sum_k weight * MLP(...).
-    """
-    lib = library()
-    assert lib is not None
-    b, k, q, in_x = x.shape
-    depth, out_dim = tables.shape[0], w_out.shape[0]
-    x = x.detach().contiguous()
-    index = index.to(torch.int64).contiguous()
-    weight = weight.detach().to(torch.float32).contiguous()
-    if shared is None:
-        shared, in_s = x.new_zeros(b, 1, 1), 0
-    else:
-        shared = shared.detach().expand(b, q, shared.shape[-1])
-        if shared.stride(-1) != 1 or (shared.stride(1) not in (0, shared.shape[-1])):
-            shared = shared.contiguous()
-        in_s = shared.shape[-1]
-    w0t, wht, woutt, bout = _weights(x, w0, hidden, w_out, b_out)
-    out = x.new_empty(b, q, out_dim)
-    tables = tables.detach()
-    for i in range(b):
-        def run(start: int, stop: int, i: int = i) -> None:
-            lib.lmf_render16_blend(
-                stop - start, k, in_x, x[i].data_ptr() + start * in_x * 4, q * in_x,
-                in_s, shared[i].data_ptr() + start * shared.stride(1) * 4, shared.stride(1),
-                index[i].data_ptr() + start * 8, q, weight[i].data_ptr() + start * 4, q,
-                depth, tables[:, i].data_ptr(), tables.stride(0), tables.stride(2),
-                w0t.data_ptr(), wht.data_ptr(), out_dim, woutt.data_ptr(), bout.data_ptr(),
-                out[i].data_ptr() + start * out_dim * 4)
-
-        _parallel(q, run, rows_per_item=k)
-    return out
-
 
 
 @torch.no_grad()

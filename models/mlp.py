@@ -129,15 +129,10 @@ class ModulatedMLP(nn.Module):
 
         x (B, K, Q, in_x) per-neighbour inputs; ``shared`` (B, Q, in_s) inputs common to the K
         neighbours, appended after x; tables (depth, B, h*w, 2*hd) from :meth:`fold`;
-        ``lookup`` from :func:`query.locate`. Returns (B, Q, out_dim). On the CPU without
-        autograd this runs in the fused kernel (``fast_render``), else layer by layer.
+        ``lookup`` from :func:`query.locate`. Returns (B, Q, out_dim). (The rows go through
+        :meth:`render`, i.e. the row kernel of ``fast_render`` where it applies.)
         """
         w0 = self.hidden(0).weight if layer0_weight is None else layer0_weight
-        if fast_render.usable(x, tables, self.hidden_dim):
-            last = self.layers[-1]
-            return fast_render.render16_blend(x, shared, tables, lookup.index, lookup.weight, w0,
-                                              [self.hidden(l).weight for l in range(1, self.hidden_depth)],
-                                              last.weight, last.bias)
         b, k, q, _ = x.shape
         if shared is not None:
             x = torch.cat([x, shared.unsqueeze(1).expand(b, k, q, shared.shape[-1])], dim=-1)
@@ -146,7 +141,7 @@ class ModulatedMLP(nn.Module):
         return Q.ensemble(pred.view(b, k, q, -1), lookup)
 
     def fused(self, tables: torch.Tensor) -> bool:
-        """Whether :meth:`render_at`/:meth:`render_blend` will run in the fused CPU kernel."""
+        """Whether :meth:`render_at` (and :meth:`render`) will run in the fused CPU kernel."""
         return fast_render.usable(tables, tables, self.hidden_dim)
 
     def render_at(self, coord: torch.Tensor, tables: torch.Tensor, hw: tuple[int, int],

@@ -11,9 +11,9 @@
  * source portable). Rows are processed in blocks of R so that R independent FMA chains hide
  * the FMA latency.
  *
- * Two entry points: lmf_render16 renders independent rows; lmf_render16_blend renders the K
- * neighbour rows of each query and blends them with the local-ensemble weights, so that the
- * per-neighbour predictions never go through memory.
+ * Entry points: lmf_render16 renders independent rows; lmf_query16 (LM-LIIF, LM-CiaoSR) and
+ * lmf_lte16 (LM-LTE) also do the query engine's look-up and blend the K neighbour renders of each
+ * query with the local-ensemble weights, so that nothing per neighbour goes through memory.
  *
  * No allocation, no global state, no threads: the caller splits the work across threads.
  */
@@ -38,8 +38,8 @@ static inline v16 relu(v16 v) {
 /* Render rows [0, m) of a block (m <= R). Inlined with m = R for full blocks so that the
  * compiler unrolls the row loops and keeps acc[] in registers. */
 static inline __attribute__((always_inline)) void
-mlp(int m, int64_t in_x, const float *x, int64_t x_stride, int64_t in_s, const float *xs,
-    int64_t xs_stride, const int64_t *index, int64_t depth, const float *tables,
+mlp(int m, int64_t in_x, const float *x, int64_t x_stride, const int64_t *index,
+    int64_t depth, const float *tables,
     int64_t layer_stride, int64_t cell_stride, const float *w0t, const float *wht,
     const float *woutt, const float *bout, v16 *res)
 {
@@ -49,8 +49,6 @@ mlp(int m, int64_t in_x, const float *x, int64_t x_stride, int64_t in_s, const f
         v16 a = {0};
         const float *xr = x + r * x_stride;
         for (int64_t k = 0; k < in_x; ++k) a += load(w0t + k * HD) * xr[k];
-        const float *sr = xs + r * xs_stride;
-        for (int64_t k = 0; k < in_s; ++k) a += load(w0t + (in_x + k) * HD) * sr[k];
         acc[r] = a;
     }
     for (int64_t l = 0; l < depth; ++l) {
@@ -92,28 +90,9 @@ block(int m, int64_t in_dim, const float *x, const int64_t *index, int64_t depth
       const float *bout, float *out)
 {
     v16 res[R];
-    mlp(m, in_dim, x, in_dim, 0, x, 0, index, depth, tables, layer_stride, cell_stride,
+    mlp(m, in_dim, x, in_dim, index, depth, tables, layer_stride, cell_stride,
         w0t, wht, woutt, bout, res);
     store(m, res, out_dim, out);
-}
-
-/* m queries (m <= R), each rendered at its K neighbours and blended. */
-static inline __attribute__((always_inline)) void
-blend_block(int m, int64_t K, int64_t in_x, const float *x, int64_t x_sk, int64_t in_s,
-            const float *xs, int64_t xs_sq, const int64_t *index, int64_t i_sk,
-            const float *weight, int64_t w_sk, int64_t depth, const float *tables,
-            int64_t layer_stride, int64_t cell_stride, const float *w0t, const float *wht,
-            int64_t out_dim, const float *woutt, const float *bout, float *out)
-{
-    v16 res[R], sum[R];
-    for (int r = 0; r < m; ++r) sum[r] = (v16){0};
-    for (int64_t k = 0; k < K; ++k) {
-        mlp(m, in_x, x + k * x_sk, in_x, in_s, xs, xs_sq, index + k * i_sk, depth, tables,
-            layer_stride, cell_stride, w0t, wht, woutt, bout, res);
-        const float *wk = weight + k * w_sk;
-        for (int r = 0; r < m; ++r) sum[r] += res[r] * wk[r];
-    }
-    store(m, sum, out_dim, out);
 }
 
 /* x: (n, in_dim); index: (n,) LR-cell row of each input row; tables: layer l, cell c starts at
@@ -132,29 +111,6 @@ int lmf_render16(int64_t n, int64_t in_dim, const float *x, const int64_t *index
     if (i < n)
         block((int)(n - i), in_dim, x + i * in_dim, index + i, depth, tables, layer_stride,
               cell_stride, w0t, wht, out_dim, woutt, bout, out + i * out_dim);
-    return 0;
-}
-
-/* Blended render of q queries of one image. Neighbour k of query i: input row
- * x + k * x_sk + i * in_x (in_x floats) followed by the shared row xs + i * xs_sq (in_s
- * floats; xs_sq may be 0 to share one row), LR cell index[k * i_sk + i], ensemble weight
- * weight[k * w_sk + i]. out (q, out_dim) = sum_k weight * prediction. Returns 0. */
-int lmf_render16_blend(int64_t q, int64_t K, int64_t in_x, const float *x, int64_t x_sk,
-                       int64_t in_s, const float *xs, int64_t xs_sq, const int64_t *index,
-                       int64_t i_sk, const float *weight, int64_t w_sk, int64_t depth,
-                       const float *tables, int64_t layer_stride, int64_t cell_stride,
-                       const float *w0t, const float *wht, int64_t out_dim, const float *woutt,
-                       const float *bout, float *out)
-{
-    int64_t i = 0;
-    for (; i + R <= q; i += R)
-        blend_block(R, K, in_x, x + i * in_x, x_sk, in_s, xs + i * xs_sq, xs_sq, index + i, i_sk,
-                    weight + i, w_sk, depth, tables, layer_stride, cell_stride, w0t, wht, out_dim,
-                    woutt, bout, out + i * out_dim);
-    if (i < q)
-        blend_block((int)(q - i), K, in_x, x + i * in_x, x_sk, in_s, xs + i * xs_sq, xs_sq,
-                    index + i, i_sk, weight + i, w_sk, depth, tables, layer_stride, cell_stride,
-                    w0t, wht, out_dim, woutt, bout, out + i * out_dim);
     return 0;
 }
 
@@ -223,10 +179,10 @@ render_blend(int m, int64_t K, int64_t in_x, const float *x, int64_t x_sk, int64
     for (int r = 0; r < m; ++r) sum[r] = (v16){0};
     for (int64_t k = 0; k < K; ++k) {
         if (m == R)
-            mlp(R, in_x, x + k * x_sk, x_sr, 0, x, 0, index[k], depth, tables, layer_stride,
+            mlp(R, in_x, x + k * x_sk, x_sr, index[k], depth, tables, layer_stride,
                 cell_stride, w0t, wht, woutt, bout, res);
         else
-            mlp(m, in_x, x + k * x_sk, x_sr, 0, x, 0, index[k], depth, tables, layer_stride,
+            mlp(m, in_x, x + k * x_sk, x_sr, index[k], depth, tables, layer_stride,
                 cell_stride, w0t, wht, woutt, bout, res);
         for (int r = 0; r < m; ++r) sum[r] += res[r] * weight[k][r];
     }

@@ -35,6 +35,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 import datasets
 import models
+from models import distill
 from models.inference import clip_cell, denormalise, normalise
 from utils import metrics
 from utils.checkpoint import load_checkpoint, save_atomic
@@ -76,10 +77,14 @@ class SeededItems(Dataset):
         return self.dataset[idx]
 
 
-def make_loader(spec: dict, train: bool, seed: int, world: int, rank: int, workers: int) -> DataLoader:
+def make_loader(spec: dict, train: bool, seed: int, world: int, rank: int, workers: int,
+                wrap=None) -> DataLoader:
     """Training: the global batch is split over the processes (DistributedSampler, shuffled per
-    epoch). Validation: every process takes every world-th item, no padding/duplicates."""
+    epoch). Validation: every process takes every world-th item, no padding/duplicates.
+    ``wrap(dataset)`` may replace the seeded dataset (the distillation cache)."""
     ds = SeededItems(datasets.make_dataset(spec["dataset"], spec.get("wrapper")), seed)
+    if wrap is not None:
+        ds, workers = wrap(ds), 0  # cached samples live in this process's memory
     batch = spec["batch_size"]
     pin = torch.cuda.is_available()
     if not train:
@@ -111,6 +116,17 @@ def make_optimizer(params, spec: dict) -> torch.optim.Optimizer:
         args["betas"] = tuple(args["betas"])
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[spec["name"]]
     return cls(params, **args)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: dict):
+    ms, cos = cfg.get("multi_step_lr"), cfg.get("cosine_lr")
+    if ms and cos:
+        raise UserError("give either multi_step_lr or cosine_lr, not both")
+    if ms:
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, ms["milestones"], ms["gamma"])
+    if cos:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg["epoch_max"], cos["eta_min"])
+    return None
 
 
 class Log:
@@ -156,10 +172,9 @@ def checkpoint(model: nn.Module, cfg: dict, optimizer, scheduler, epoch: int, be
 
 # --- train / validate ----------------------------------------------------------------------------
 def train_epoch(model, loader, optimizer, cfg, device, amp, log: Log, epoch: int, rank: int,
-                scaler=None) -> float:
+                scaler=None, teacher: distill.Teacher | None = None) -> float:
     model.train()
     norm_in, norm_gt = cfg["data_norm"]["inp"], cfg["data_norm"]["gt"]
-    loss_fn = nn.L1Loss()
     limit = cfg.get("max_iters_per_epoch")
     n_iter = len(loader) if limit is None else min(limit, len(loader))
     total, count = 0.0, 0
@@ -170,9 +185,13 @@ def train_epoch(model, loader, optimizer, cfg, device, amp, log: Log, epoch: int
         inp = normalise(batch["inp"].to(device), norm_in["sub"], norm_in["div"])
         gt = normalise(batch["gt"].to(device), norm_gt["sub"], norm_gt["div"])
         coord, cell = batch["coord"].to(device), batch["cell"].to(device)
+        feat = batch["feat"].to(device) if "feat" in batch else None
+        target = batch["target"].to(device) if "target" in batch else None
+        if target is None and teacher is not None:
+            target = teacher.predict(inp, coord, cell)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            pred = model(inp, coord, cell)
-            loss = loss_fn(pred.float(), gt)
+            pred = model(inp, coord, cell) if feat is None else model(inp, coord, cell, feat=feat)
+            loss = training_loss(pred.float(), gt, target, cfg.get("teacher"))
         if not torch.isfinite(loss):
             raise NonFinite(f"loss became {loss.item()} at epoch {epoch}, iteration {it + 1}")
         optimizer.zero_grad(set_to_none=True)
@@ -200,6 +219,55 @@ def train_epoch(model, loader, optimizer, cfg, device, amp, log: Log, epoch: int
     if bar is not None:
         bar.close()
     return total / max(count, 1)
+
+
+def training_loss(pred: torch.Tensor, gt: torch.Tensor, target: torch.Tensor | None,
+                  teacher_cfg: dict | None) -> torch.Tensor:
+    """L1 to the HR pixels; with a teacher, weight * L1 to its RGB + gt_weight * L1 to HR."""
+    if teacher_cfg is None or target is None:
+        return (pred - gt).abs().mean()
+    loss = teacher_cfg["weight"] * (pred - target).abs().mean()
+    if teacher_cfg["gt_weight"]:
+        loss = loss + teacher_cfg["gt_weight"] * (pred - gt).abs().mean()
+    return loss
+
+
+def update_frozen(model: nn.Module, cfg: dict, epoch: int, train_set, log: "Log") -> bool:
+    """Apply the ``freeze`` schedule for ``epoch``; cached encoder features go once the encoder
+    trains again. True when the set of trained parameters changed."""
+    spec = cfg.get("freeze")
+    before = [p.requires_grad for p in model.parameters()]
+    if spec:
+        distill.set_frozen(model, spec["modules"], bool(distill.frozen_prefixes(spec, epoch)))
+    if getattr(train_set, "cache_features", False) and not distill.all_frozen(model, "encoder"):
+        train_set.drop_features()
+        log(f"epoch {epoch}: the encoder trains from now on; cached features dropped")
+    return before != [p.requires_grad for p in model.parameters()]
+
+
+def cache_wrapper(cfg: dict, model: nn.Module, teacher: distill.Teacher | None, device: torch.device,
+                  log: "Log"):
+    """The ``teacher.cache`` dataset wrapper for make_loader (None when caching is off)."""
+    tcfg = cfg.get("teacher")
+    if teacher is None or not tcfg or not tcfg["cache"]:
+        return None
+
+    def wrap(ds: SeededItems) -> distill.CachedSamples:
+        ds.epoch = 0  # the samples are drawn once, as in epoch 0
+        features = distill.all_frozen(model, "encoder")
+        log(f"caching {len(ds)} training samples: teacher RGB" + (" and encoder features" if features else ""))
+        t0 = time.time()
+        step = max(1, len(ds) // 10)
+
+        def progress(n: int, total: int) -> None:
+            if n % step < 16 or n == total:
+                el = time.time() - t0
+                log(f"  cached {n}/{total} samples, {el:.0f}s (ETA {el / n * (total - n):.0f}s)")
+        cached = distill.CachedSamples(ds, teacher, model, device, cfg["data_norm"]["inp"], features,
+                                       progress=progress)
+        log(f"cache ready in {time.time() - t0:.0f}s")
+        return cached
+    return wrap
 
 
 @torch.no_grad()
@@ -295,9 +363,6 @@ def run(args: argparse.Namespace) -> None:
     seed = cfg["seed"]
     torch.manual_seed(seed)
     workers = cfg["num_workers"] if args.workers is None else args.workers
-    train_loader = make_loader(cfg["train_dataset"], True, seed, world, rank, workers)
-    val_loader = make_loader(cfg["val_dataset"], False, seed + 1, world, rank, workers) \
-        if cfg.get("val_dataset") else None
 
     try:
         model = models.make(cfg["model"]).to(device)
@@ -308,8 +373,7 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(f"{src}: model: cannot build {cfg['model']['name']!r} from its args "
                         f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
     optimizer = make_optimizer(model.parameters(), cfg["optimizer"])
-    ms = cfg.get("multi_step_lr")
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, ms["milestones"], ms["gamma"]) if ms else None
+    scheduler = make_scheduler(optimizer, cfg)
     epoch_start, best = 1, -math.inf
     if resume_ckpt is not None:
         models.load_state_dict_strict(model, resume_ckpt["model"]["sd"], what="the resumed model")
@@ -319,13 +383,26 @@ def run(args: argparse.Namespace) -> None:
         epoch_start = resume_ckpt["epoch"] + 1
         best = resume_ckpt.get("best_val", -math.inf)
         log(f"resumed from epoch {resume_ckpt['epoch']}")
+    elif cfg.get("init_from"):
+        src = cfg["init_from"]
+        n = distill.init_from(model, src["checkpoint"], src["modules"])
+        log(f"initialised {n} tensors under {', '.join(src['modules'])} from {src['checkpoint']}")
+    teacher = distill.Teacher(cfg["teacher"]["checkpoint"], device) if cfg.get("teacher") else None
+    if cfg.get("freeze"):
+        distill.set_frozen(model, cfg["freeze"]["modules"], bool(distill.frozen_prefixes(cfg["freeze"], epoch_start)))
+    train_loader = make_loader(cfg["train_dataset"], True, seed, world, rank, workers,
+                               wrap=cache_wrapper(cfg, model, teacher, device, log))
+    val_loader = make_loader(cfg["val_dataset"], False, seed + 1, world, rank, workers) \
+        if cfg.get("val_dataset") else None
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {cfg['model']['name']} #params={n_params:,}; train samples {len(train_loader.dataset)}, "
         f"{world} process(es) on {device}")
 
-    net = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    def wrap_ddp(model: nn.Module) -> nn.Module:  # DDP registers the parameters that train now
+        if world == 1:
+            return model
+        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    net = wrap_ddp(model)
 
     t0 = time.time()
     last_saved = epoch_start - 1
@@ -333,8 +410,10 @@ def run(args: argparse.Namespace) -> None:
         t_ep = time.time()
         train_loader.dataset.epoch = epoch
         train_loader.sampler.set_epoch(epoch)
+        if update_frozen(model, cfg, epoch, train_loader.dataset, log):
+            net = wrap_ddp(model)
         try:
-            loss = train_epoch(net, train_loader, optimizer, cfg, device, amp, log, epoch, rank, scaler)
+            loss = train_epoch(net, train_loader, optimizer, cfg, device, amp, log, epoch, rank, scaler, teacher)
             if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
                 raise NonFinite(f"the weights became inf/nan in epoch {epoch}")
         except NonFinite as e:

@@ -75,26 +75,35 @@ def _read_split(split_file: str, split_key: str | None) -> list[str]:
 class ImageFolder(Dataset):
     """The images of one folder, as (3, H, W) float tensors in [0, 1]."""
 
-    def __init__(self, root_path: str, split_file: str | None = None, split_key: str | None = None,
+    def __init__(self, root_path: str | list[str], split_file: str | None = None, split_key: str | None = None,
                  first_k: int | None = None, repeat: int = 1, cache: str = "none",
                  cache_dir: str | None = None) -> None:
+        """``root_path``: a folder, or a list of folders whose images are concatenated in order."""
         if cache not in CACHE_MODES:
             raise SpecError(f"image-folder: cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
         if not isinstance(repeat, int) or repeat < 1:
             raise SpecError(f"image-folder: repeat must be a positive integer, got {repeat!r}")
         if first_k is not None and (not isinstance(first_k, int) or first_k < 0):
             raise SpecError(f"image-folder: first_k must be a non-negative integer, got {first_k!r}")
-        self.root = Path(root_path)
-        if not self.root.is_dir():
-            what = "is not a folder" if self.root.exists() else "does not exist"
-            raise UserError(f"image folder {self.root} {what}")
-        names = list_images(self.root) if split_file is None else _read_split(split_file, split_key)
+        roots = [root_path] if isinstance(root_path, (str, os.PathLike)) else list(root_path)
+        if not roots or not all(isinstance(r, (str, os.PathLike)) for r in roots):
+            raise SpecError(f"image-folder: root_path must be a folder or a list of folders, got {root_path!r}")
+        if split_file is not None and len(roots) > 1:
+            raise SpecError("image-folder: split_file needs a single root_path")
+        self.files = []
+        for root in map(Path, roots):
+            if not root.is_dir():
+                what = "is not a folder" if root.exists() else "does not exist"
+                raise UserError(f"image folder {root} {what}")
+            names = list_images(root) if split_file is None else _read_split(split_file, split_key)
+            self.files += [root / n for n in names]
+        self.root = Path(roots[0])
         if first_k is not None:
-            names = names[:first_k]
-        if not names:
-            raise UserError(f"image folder {self.root} contains no image files"
+            self.files = self.files[:first_k]
+        if not self.files:
+            where = ", ".join(map(str, roots))
+            raise UserError(f"image folder {where} contains no image files"
                             + (f" (first_k={first_k})" if first_k == 0 else ""))
-        self.files = [self.root / n for n in names]
         for p in self.files:
             if not p.is_file():
                 raise UserError(f"image {p} listed in split file {split_file} does not exist")
@@ -107,21 +116,22 @@ class ImageFolder(Dataset):
         elif cache == "bin":
             self._npy = self._build_bin(cache_dir)
 
-    def _bin_folder(self, cache_dir: str | None) -> Path:
+    @staticmethod
+    def _bin_folder(root: Path, cache_dir: str | None) -> Path:
         if cache_dir is None:
-            return self.root.parent / f"_bin_{self.root.name}"
-        tag = hashlib.sha1(str(self.root.resolve()).encode()).hexdigest()[:8]
-        return Path(cache_dir) / f"_bin_{self.root.name}_{tag}"
+            return root.parent / f"_bin_{root.name}"
+        tag = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:8]
+        return Path(cache_dir) / f"_bin_{root.name}_{tag}"
 
     def _build_bin(self, cache_dir: str | None) -> list[Path]:
-        folder = self._bin_folder(cache_dir)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot create cache folder {folder} ({e.strerror or e}); "
-                            "set cache_dir to a writable folder or use cache: in_memory") from None
         out = []
         for p in self.files:
+            folder = self._bin_folder(p.parent, cache_dir)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UserError(f"cannot create cache folder {folder} ({e.strerror or e}); "
+                                "set cache_dir to a writable folder or use cache: in_memory") from None
             npy = folder / (p.name + ".npy")
             if not npy.is_file() or npy.stat().st_mtime < p.stat().st_mtime:
                 arr = read_image(p)

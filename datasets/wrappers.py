@@ -70,11 +70,15 @@ class SRImplicitDownsampled(Dataset):
     cropped top-left to round(h_lr*s) x round(w_lr*s). ``scale_hw`` = [sy, sx] fixes an
     asymmetric scale instead (test mode only; the random scale is then not drawn).
     Train mode: a random square HR crop of round(inp_size*s) resized to inp_size x inp_size.
+    ``fit_scale`` (train mode): an image too small for the drawn scale's crop gets the draw mapped
+    linearly onto the scales whose crop fits (small images, e.g. T91's, then serve the lower
+    scales) instead of an error.
     """
 
     def __init__(self, dataset: Any, inp_size: int | None = None, scale_min: float = 1,
                  scale_max: float | None = None, augment: bool = False,
-                 sample_q: int | None = None, scale_hw: Sequence[float] | None = None) -> None:
+                 sample_q: int | None = None, scale_hw: Sequence[float] | None = None,
+                 fit_scale: bool = False) -> None:
         name = "sr-implicit-downsampled"
         _check_positive_int("inp_size", inp_size, name)
         _check_positive_int("sample_q", sample_q, name)
@@ -99,6 +103,7 @@ class SRImplicitDownsampled(Dataset):
         self.augment = augment
         self.sample_q = sample_q
         self.scale_hw = scale_hw
+        self.fit_scale = bool(fit_scale)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -121,6 +126,10 @@ class SRImplicitDownsampled(Dataset):
             crop_lr = resize_bicubic(crop_hr, (h_lr, w_lr))
         else:
             w_hr = round(self.inp_size * sy)
+            fits = min(H, W) / self.inp_size  # largest scale whose crop fits
+            if self.fit_scale and w_hr > min(H, W) and fits >= self.scale_min and self.scale_max > self.scale_min:
+                sy = self.scale_min + (sy - self.scale_min) * (fits - self.scale_min) / (self.scale_max - self.scale_min)
+                w_hr = min(round(self.inp_size * sy), min(H, W))
             if H < w_hr or W < w_hr:
                 raise UserError(f"item {idx}: HR image {H}x{W} is smaller than the {w_hr}x{w_hr} "
                                 f"crop needed for inp_size {self.inp_size} at scale {sy:.3f}")

@@ -106,14 +106,17 @@ class ImplicitDecoder(nn.Module):
 
     def forward(self, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor,
                 bsize: int | None = None, cmsr: CMSR | bool | None = None,
-                stats: dict | None = None) -> torch.Tensor:
+                stats: dict | None = None, feat: torch.Tensor | None = None) -> torch.Tensor:
         """``inp`` (B, 3, h, w) normalised; ``coord``/``cell`` (B, Q, 2) -> RGB (B, Q, 3).
 
         ``cmsr``: None uses the model's own setting (``cmsr_spec``), False disables it, or a
-        :class:`CMSR`. ``stats`` (a dict) receives CMSR's skipped-render fraction.
+        :class:`CMSR`. ``stats`` (a dict) receives CMSR's skipped-render fraction. ``feat``: the
+        encoder's output for ``inp`` when the caller already has it (training with a frozen,
+        cached encoder); the encoder is then not run.
         """
         _check_queries(inp, coord, cell)
-        return self.decode(self.prepare(inp, cell), coord, cell, bsize, cmsr, stats)
+        lat = self.latent(feat, inp, cell) if feat is not None else self.prepare(inp, cell)
+        return self.decode(lat, coord, cell, bsize, cmsr, stats)
 
 
 def _check_queries(inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> None:

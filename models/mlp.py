@@ -114,12 +114,23 @@ class ModulatedMLP(nn.Module):
             last = self.layers[-1]
             return fast_render.render16(x, folded, index, w0, [self.hidden(l).weight for l in range(1, self.hidden_depth)],
                                         last.weight, last.bias)
+        rows = None
+        if index is not None and torch.is_grad_enabled():
+            # training: one gather of all layers' rows (and one scatter-add in backward) instead
+            # of one narrow gather per layer; several times faster on the CPU
+            # (unbind, not slicing: its backward is one stack, not a zero-filled copy per slice)
+            flat = folded.permute(1, 0, 2).reshape(folded.shape[1], -1).index_select(0, index)
+            rows = flat.view(-1, self.hidden_depth, 2, hd).unbind(1)
         h = x @ w0.t()
         for l in range(self.hidden_depth):
             if l > 0:
                 h = h @ self.hidden(l).weight.t()
-            ac = folded[l] if index is None else folded[l].index_select(0, index)
-            h = torch.relu_(torch.addcmul(ac[:, hd:], h, ac[:, :hd]))
+            if rows is not None:
+                a, c = rows[l].unbind(1)
+            else:
+                ac = folded[l] if index is None else folded[l].index_select(0, index)
+                a, c = ac[:, :hd], ac[:, hd:]
+            h = torch.relu_(torch.addcmul(c, h, a))
         return self.layers[-1](h)
 
     def render_blend(self, x: torch.Tensor, tables: torch.Tensor, lookup: Q.Lookup,

@@ -207,6 +207,23 @@ TRAIN = {
     "max_iters_per_epoch": Field(int, minimum=1, help="cap on iterations per epoch (small CPU runs)"),
     "max_minutes": Field(float, minimum=0, help="stop (after saving) once this much wall time has passed"),
     "scale_max": Field(float, default=4.0, help="training scale range for validation cell clipping"),
+    "cosine_lr": Field(dict, schema={"eta_min": Field(float, default=0.0, minimum=0)},
+                       help="cosine decay of the learning rate over epoch_max epochs"),
+    "init_from": Field(dict, schema={
+        "checkpoint": Field(str, required=True),
+        "modules": Field(list, item=str, required=True, help="parameter-name prefixes, e.g. [encoder]"),
+    }, help="copy these submodules' weights from another checkpoint before training"),
+    "freeze": Field(dict, schema={
+        "modules": Field(list, item=str, required=True),
+        "epochs": Field(int, minimum=0, help="frozen for the first N epochs; leave out: for good"),
+    }),
+    "teacher": Field(dict, schema={
+        "checkpoint": Field(str, required=True),
+        "weight": Field(float, default=1.0, minimum=0, help="L1 to the teacher's RGB"),
+        "gt_weight": Field(float, default=0.0, minimum=0, help="L1 to the HR pixels"),
+        "cache": Field(bool, default=False, help="draw the training samples once and cache the teacher's "
+                       "RGB (and the frozen encoder's features) per sample"),
+    }),
 }
 
 TEST = {

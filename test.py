@@ -2,8 +2,7 @@
 
     python test.py --config configs/test/test-set5.yaml --model lmliif.pth --scales 2,3,4,6,8,12
 
-The protocol is the official ``eval_psnr`` (REFERENCE §5.4), with its quirks fixed (§9: 2, 3,
-15, 16):
+The protocol is the official ``eval_psnr``, with its quirks fixed (docs/differences.md):
 
 * Per image: the LR input is normalised with ``data_norm``, the model predicts the whole HR query
   grid of the sample (chunked by ``--bsize``), the cell is enlarged by ``max(s / scale_max, 1)``
@@ -45,16 +44,17 @@ import csv
 import io
 import json
 import math
-import os
 import random
 import re
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from utils.atomic import write_text_atomic
+from utils.cli import (Parser, ScaleHW, device_name, non_negative_int, parse_scales, pick_device, positive_float,
+                       positive_int, run_main, scale_label)
 from utils.errors import UserError
 
 # torch, models and datasets are imported inside the functions, after the arguments are parsed,
@@ -63,99 +63,26 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from models.cmsr import CMSR
 
-ScaleHW = tuple[float, float]
-
 
 # ---------------------------------------------------------------------------------------------
 # arguments
 
-def _fmt(x: float) -> str:
-    return f"{x:.10g}"
-
-
-def scale_label(s: ScaleHW) -> str:
-    """``4``, ``2.5`` or ``3x2`` (H x W): used in tables, JSON and the ``--save-dir`` subfolder."""
-    return _fmt(s[0]) if s[0] == s[1] else f"{_fmt(s[0])}x{_fmt(s[1])}"
-
-
-def _positive_float(text: str, what: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what}: {text!r} is not a number") from None
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"{what}: {text!r} must be a finite number > 0")
-    return v
-
-
-def parse_scales(text: str) -> list[ScaleHW]:
-    """``'2,3.5,3x2'`` -> [(2, 2), (3.5, 3.5), (3, 2)]; duplicates dropped, order kept."""
-    out: list[ScaleHW] = []
-    for tok in text.split(","):
-        tok = tok.strip()
-        if not tok:
-            raise argparse.ArgumentTypeError(f"empty scale in {text!r} (write e.g. 2,3,4 or 3x2)")
-        parts = tok.lower().split("x")
-        if len(parts) == 1:
-            s = _positive_float(parts[0], "scale")
-            hw = (s, s)
-        elif len(parts) == 2:
-            hw = (_positive_float(parts[0], f"scale {tok!r} (HxW)"), _positive_float(parts[1], f"scale {tok!r} (HxW)"))
-        else:
-            raise argparse.ArgumentTypeError(f"scale {tok!r}: expected a number or HxW (e.g. 3x2)")
-        if hw not in out:
-            out.append(hw)
-    return out
-
-
-def _int_at_least(minimum: int):
-    """argparse type: an integer >= ``minimum``."""
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if v < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r} must be >= {minimum}")
-        return v
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
-
-
-def _scale_max(text: str) -> float:
-    return _positive_float(text, "--scale-max")
-
-
-def _device(text: str) -> str:
-    if text in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", text):
-        return text
-    raise argparse.ArgumentTypeError(f"{text!r}: expected auto, cpu, cuda or cuda:N")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, status 2 (argparse's default prints usage too)
-        raise UserError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(description="Evaluate an SR checkpoint (PSNR/SSIM) on a test config. Relative paths "
+    p = Parser(description="Evaluate an SR checkpoint (PSNR/SSIM) on a test config. Relative paths "
                             "are resolved from the current directory.")
     p.add_argument("--config", required=True, help="test config YAML (configs/test/*.yaml or official test-lmf/test-original)")
     p.add_argument("--model", required=True, help="checkpoint (.pth, official or ours), or 'bicubic' for the Pillow bicubic baseline")
     p.add_argument("--scales", type=parse_scales, default=None,
                    help="comma list of scales overriding the config's, e.g. 2,3,4,6,8,12; non-integer "
                         "(2.5) and asymmetric HxW (3x2 = 3 vertically, 2 horizontally) allowed")
-    p.add_argument("--device", type=_device, default="auto", help="auto (default: cuda if available), cpu, cuda, cuda:N")
-    p.add_argument("--bsize", type=_positive_int, default=None, help="queries per decoding chunk (default: the model's)")
+    p.add_argument("--device", type=device_name, default="auto", help="auto (default: cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--bsize", type=positive_int, default=None, help="queries per decoding chunk (default: the model's)")
     p.add_argument("--cmsr", metavar="TABLE", default=None, help="enable CMSR with this Scale2Mod table (YAML)")
     p.add_argument("--save-dir", default=None, help="write SR images as <dir>/x<scale>/<stem>.png")
     p.add_argument("--out", default=None, help="write per-image results and means (.json or .csv)")
-    p.add_argument("--scale-max", type=_scale_max, default=4.0, help="training scale: cells are enlarged by max(s/scale_max, 1) (default 4)")
-    p.add_argument("--window", type=_non_negative_int, default=0, help="official SwinIR test padding to a multiple of WINDOW (8); default 0 = off")
-    p.add_argument("--limit", type=_positive_int, default=None, help="evaluate only the first N images (per scale)")
+    p.add_argument("--scale-max", type=lambda t: positive_float(t, "--scale-max"), default=4.0, help="training scale: cells are enlarged by max(s/scale_max, 1) (default 4)")
+    p.add_argument("--window", type=non_negative_int, default=0, help="official SwinIR test padding to a multiple of WINDOW (8); default 0 = off")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N images (per scale)")
     return p
 
 
@@ -347,21 +274,6 @@ def check_not_in_dataset(path: Path, roots: Sequence[Path], what: str) -> None:
             raise UserError(f"{what} {path} is inside the dataset folder {r}; choose another location")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary sibling and rename, so a crash never leaves a half-written file."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "x", encoding="utf-8", newline="") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
-
-
 def _mean(values: list[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return math.fsum(vals) / len(vals) if vals else None
@@ -409,42 +321,17 @@ def _row(name: str, scale: str, p: float, s: float, skipped: float | None, extra
 # ---------------------------------------------------------------------------------------------
 # main
 
-def resolve_device(name: str) -> torch.device:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: CUDA is not available (use --device cpu or auto)")
-        dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
-        return dev
-    return torch.device(name)
+@dataclass
+class Outputs:
+    """Where results go (each checked before any image is evaluated) and what must not be written."""
+    out_path: Path | None
+    save_dir: Path | None
+    roots: list[Path]              # dataset folders: nothing is written inside them
+    input_files: set[str]          # resolved paths of every input image
+    written: set[Path] = field(default_factory=set)
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    import numpy as np
-    import torch
-    from tqdm import tqdm
-
-    import datasets
-    import models
-    from models.cmsr import CMSR, Scale2Mod
-    from models.registry import MODELS
-    from utils.config import TEST, load_config
-    from utils.images import save_image
-    from utils.metrics import psnr, ssim
-
-    random.seed(0)
-    np.random.seed(0)
-    torch.manual_seed(0)
-
-    cfg = load_config(args.config, TEST, registries={"model": MODELS, "dataset": datasets.DATASETS})
-    runs = build_runs(cfg, args.config, args.scales)
-
+def check_outputs(args: argparse.Namespace, runs: list[Run]) -> Outputs:
     out_path = Path(args.out) if args.out else None
     if out_path is not None and out_path.suffix.lower() not in (".json", ".csv"):
         raise UserError(f"--out {out_path}: the file must end in .json or .csv")
@@ -458,70 +345,81 @@ def run(argv: Sequence[str] | None = None) -> int:
         check_not_in_dataset(out_path, roots, "--out")
         if out_path.is_dir():
             raise UserError(f"--out {out_path} is a folder")
-
-    cmsr = CMSR(Scale2Mod.load(args.cmsr)) if args.cmsr else None
-    device = resolve_device(args.device)
-    model = None if args.model == "bicubic" else models.load_model(args.model, device=device)
-    norm = cfg["data_norm"]
-    opt = Options(scale_max=args.scale_max, window=args.window, bsize=args.bsize, cmsr=cmsr,
-                  inp_norm=(norm["inp"]["sub"], norm["inp"]["div"]),
-                  gt_norm=(norm["gt"]["sub"], norm["gt"]["div"]))
-
-    kind = "Pillow bicubic baseline" if model is None else type(model).__name__
-    print(f"# model {args.model} ({kind}) on {device}; config {args.config}", flush=True)
-    print(f"# {'image':<22} {'scale':>8} {'PSNR':>9} {'SSIM':>8}" + (f" {'skipped':>9}" if cmsr else ""), flush=True)
     input_files = set()
     for run_ in runs:
         inner = getattr(run_.dataset, "dataset", None)
         for ds in (inner, getattr(inner, "dataset_1", None), getattr(inner, "dataset_2", None)):
             input_files.update(str(p.resolve()) for p in getattr(ds, "files", []) or [])
+    return Outputs(out_path, save_dir, roots, input_files)
 
-    written: set[Path] = set()
-    t0 = time.perf_counter()
+
+def save_sr(outputs: Outputs, name: str, label: str, sr: torch.Tensor) -> None:
+    """``<save-dir>/x<label>/<stem>.png``; never into a dataset folder or over an input image."""
+    from utils.images import save_image
+
+    assert outputs.save_dir is not None
+    dest = outputs.save_dir / f"x{label}" / f"{Path(name).stem}.png"
+    if dest in outputs.written:  # a.png and a.jpg in one folder: keep both
+        dest = dest.with_name(f"{Path(name).stem}_{Path(name).suffix.lstrip('.')}.png")
+    outputs.written.add(dest)
+    check_not_in_dataset(dest, outputs.roots, "output image")
+    if str(dest.resolve()) in outputs.input_files:
+        raise UserError(f"refusing to overwrite input image {dest}")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {dest.parent}: {e.strerror or e}") from None
+    save_image(sr, dest)
+
+
+def evaluate_item(model: torch.nn.Module | None, run_: Run, i: int, opt: Options,
+                  device: torch.device) -> tuple[dict, torch.Tensor]:
+    """Image ``i`` of ``run_`` -> (its record, the SR image)."""
+    from utils.metrics import psnr, ssim
+
+    name = run_.names[i]
+    try:
+        item = run_.dataset[i]
+    except UserError as e:  # name the image when the dataset's message does not
+        raise (e if name in str(e) else UserError(f"{name}: {e}")) from None
+    sr, hr, s, stats = super_resolve(model, item, run_.scale, opt, device)
+    label = run_.label or scale_label((round(s[0], 4), round(s[1], 4)))
+    try:
+        p = psnr(sr, hr, run_.eval_type, scale=_metric_scale(s))
+        q = ssim(sr, hr, run_.eval_type, scale=_metric_scale(s))
+    except ValueError as e:
+        raise UserError(f"{name} at x{label}: {e}") from None
+    skipped = None if opt.cmsr is None else float(stats.get("cmsr_skipped_fraction", 0.0))
+    rec = {"image": name, "scale": label, "scale_h": s[0], "scale_w": s[1],
+           "eval_type": run_.eval_type, "lr_size": list(item["inp"].shape[-2:]),
+           "hr_size": list(hr.shape[-2:]), "psnr": p, "ssim": q, "cmsr_skipped": skipped}
+    return rec, sr
+
+
+def evaluate(runs: list[Run], model: torch.nn.Module | None, opt: Options, device: torch.device,
+             outputs: Outputs, limit: int | None) -> None:
+    """Every image of every run: a line per image on stdout, records kept on the runs."""
+    import torch
+    from tqdm import tqdm
+
     with torch.no_grad():
         for run_ in runs:
-            n = len(run_.dataset) if args.limit is None else min(args.limit, len(run_.dataset))
+            n = len(run_.dataset) if limit is None else min(limit, len(run_.dataset))
             bar = tqdm(range(n), desc=f"x{run_.label}" if run_.label else "test", file=sys.stderr,
                        disable=None, leave=False, dynamic_ncols=True)
             for i in bar:
-                name = run_.names[i]
-                try:
-                    item = run_.dataset[i]
-                except UserError as e:  # name the image when the dataset's message does not
-                    raise (e if name in str(e) else UserError(f"{name}: {e}")) from None
-                sr, hr, s, stats = super_resolve(model, item, run_.scale, opt, device)
-                label = run_.label or scale_label((round(s[0], 4), round(s[1], 4)))
-                eval_type = run_.eval_type
-                try:
-                    p = psnr(sr, hr, eval_type, scale=_metric_scale(s))
-                    q = ssim(sr, hr, eval_type, scale=_metric_scale(s))
-                except ValueError as e:
-                    raise UserError(f"{name} at x{label}: {e}") from None
-                skipped = None if cmsr is None else float(stats.get("cmsr_skipped_fraction", 0.0))
-                rec = {"image": name, "scale": label, "scale_h": s[0], "scale_w": s[1],
-                       "eval_type": eval_type, "lr_size": list(item["inp"].shape[-2:]),
-                       "hr_size": list(hr.shape[-2:]), "psnr": p, "ssim": q, "cmsr_skipped": skipped}
+                rec, sr = evaluate_item(model, run_, i, opt, device)
                 run_.records.append(rec)
-                if save_dir is not None:
-                    dest = save_dir / f"x{label}" / f"{Path(name).stem}.png"
-                    if dest in written:  # a.png and a.jpg in one folder: keep both
-                        dest = dest.with_name(f"{Path(name).stem}_{Path(name).suffix.lstrip('.')}.png")
-                    written.add(dest)
-                    check_not_in_dataset(dest, roots, "output image")
-                    if str(dest.resolve()) in input_files:
-                        raise UserError(f"refusing to overwrite input image {dest}")
-                    try:
-                        dest.parent.mkdir(parents=True, exist_ok=True)
-                    except OSError as e:
-                        raise UserError(f"cannot create {dest.parent}: {e.strerror or e}") from None
-                    save_image(sr, dest)
+                if outputs.save_dir is not None:
+                    save_sr(outputs, rec["image"], rec["scale"], sr)
                 bar.set_postfix(psnr=f"{_mean([r['psnr'] for r in run_.records]):.4f}")
-                tqdm.write(_row(name, f"x{label}", p, q, skipped), file=sys.stdout)
+                tqdm.write(_row(rec["image"], f"x{rec['scale']}", rec["psnr"], rec["ssim"], rec["cmsr_skipped"]),
+                           file=sys.stdout)
                 sys.stdout.flush()
             bar.close()
-    elapsed = time.perf_counter() - t0
 
-    means = summarise(runs)
+
+def print_means(means: list[dict], elapsed: float, cmsr: bool) -> None:
     print()
     print(f"# {'means':<22} {'scale':>8} {'PSNR':>9} {'SSIM':>8}" + (f" {'skipped':>9}" if cmsr else "")
           + "  images  eval_type")
@@ -530,31 +428,67 @@ def run(argv: Sequence[str] | None = None) -> int:
                    f"  {m['images']:>6}  {m['eval_type']}"))
     print(f"# {sum(m['images'] for m in means)} evaluations in {elapsed:.1f} s")
 
-    if out_path is not None:
-        records = [r for run_ in runs for r in run_.records]
-        meta = {"model": args.model, "config": args.config, "device": str(device),
-                "scale_max": args.scale_max, "window": args.window, "cmsr": args.cmsr}
-        write_atomic(out_path, results_text(out_path, records, means, meta))
-        print(f"# results written to {out_path}")
+
+def write_results(args: argparse.Namespace, out_path: Path, runs: list[Run], means: list[dict],
+                  device: torch.device) -> None:
+    records = [r for run_ in runs for r in run_.records]
+    meta = {"model": args.model, "config": args.config, "device": str(device),
+            "scale_max": args.scale_max, "window": args.window, "cmsr": args.cmsr}
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write {out_path}: {e.strerror or e}") from None
+    write_text_atomic(out_path, results_text(out_path, records, means, meta))
+    print(f"# results written to {out_path}")
+
+
+def set_up(args: argparse.Namespace) -> tuple[list[Run], Outputs, Options, torch.device, Any]:
+    """Seeds, config, runs, output checks, device, CMSR and model: everything before evaluating."""
+    import numpy as np
+    import torch
+
+    import datasets
+    import models
+    from models.cmsr import CMSR, Scale2Mod
+    from models.registry import MODELS
+    from utils.config import TEST, load_config
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    cfg = load_config(args.config, TEST, registries={"model": MODELS, "dataset": datasets.DATASETS})
+    runs = build_runs(cfg, args.config, args.scales)
+    outputs = check_outputs(args, runs)
+    cmsr = CMSR(Scale2Mod.load(args.cmsr)) if args.cmsr else None
+    device = pick_device(args.device)
+    model = None if args.model == "bicubic" else models.load_model(args.model, device=device)
+    norm = cfg["data_norm"]
+    opt = Options(scale_max=args.scale_max, window=args.window, bsize=args.bsize, cmsr=cmsr,
+                  inp_norm=(norm["inp"]["sub"], norm["inp"]["div"]),
+                  gt_norm=(norm["gt"]["sub"], norm["gt"]["div"]))
+    return runs, outputs, opt, device, model
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    runs, outputs, opt, device, model = set_up(args)
+    kind = "Pillow bicubic baseline" if model is None else type(model).__name__
+    print(f"# model {args.model} ({kind}) on {device}; config {args.config}", flush=True)
+    print(f"# {'image':<22} {'scale':>8} {'PSNR':>9} {'SSIM':>8}" + (f" {'skipped':>9}" if opt.cmsr else ""),
+          flush=True)
+    t0 = time.perf_counter()
+    evaluate(runs, model, opt, device, outputs, args.limit)
+    means = summarise(runs)
+    print_means(means, time.perf_counter() - t0, opt.cmsr is not None)
+    if outputs.out_path is not None:
+        write_results(args, outputs.out_path, runs, means, device)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return run(argv)
-    except UserError as e:
-        msg = " ".join(str(e).split())
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    except Exception as e:
-        if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA, MPS)
-            print("error: out of memory while decoding; pass a smaller --bsize (queries per chunk)",
-                  file=sys.stderr)
-            return 2
-        raise
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    return run_main(lambda: run(argv),
+                    out_of_memory="out of memory while decoding; pass a smaller --bsize (queries per chunk)",
+                    interrupted="error: interrupted")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,19 +37,15 @@ from torch.utils.data.distributed import DistributedSampler
 import datasets
 import models
 from models import distill
-from models.inference import clip_cell, denormalise, normalise
+from models.inference import normalise, predict
 from utils import metrics
+from utils.atomic import TMP_PREFIX, write_text_atomic
 from utils.checkpoint import load_checkpoint, save_atomic
-from utils.config import TRAIN, ConfigError, load_config
+from utils.cli import Parser, device_name, non_negative_int, pick_device, run_main
+from utils.config import TRAIN, load_config
 from utils.errors import UserError
 
 REGISTRIES = {"model": models.registry.MODELS, "dataset": datasets.DATASETS}
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, status 2 (argparse's default prints usage too)
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 class NonFinite(UserError):
@@ -97,19 +94,6 @@ def make_loader(spec: dict, train: bool, seed: int, world: int, rank: int, worke
 
 
 # --- set-up ------------------------------------------------------------------------------------
-def pick_device(arg: str, local_rank: int | None) -> torch.device:
-    if arg == "auto":
-        arg = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(arg)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but CUDA is not available")
-        if local_rank is not None:
-            dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
-    return dev
-
-
 def make_optimizer(params, spec: dict) -> torch.optim.Optimizer:
     args = dict(spec.get("args") or {})
     if "betas" in args:
@@ -273,21 +257,21 @@ def cache_wrapper(cfg: dict, model: nn.Module, teacher: distill.Teacher | None, 
 @torch.no_grad()
 def validate(model, loader, cfg, device, world: int) -> float:
     """Mean PSNR: on the sampled query points (no eval_type), or on whole images with the
-    eval_type's shave/Y protocol (``benchmark-N`` / ``div2k-N``)."""
+    eval_type's shave/Y protocol (``benchmark-N`` / ``div2k-N``). Predictions go through
+    :func:`models.inference.predict`, as in test.py."""
     model.eval()
     net = model.module if hasattr(model, "module") else model
     norm_in, norm_gt = cfg["data_norm"]["inp"], cfg["data_norm"]["gt"]
     eval_type = cfg.get("eval_type")
     total = torch.zeros(2, dtype=torch.float64, device=device)
     for batch in loader:
-        inp = batch["inp"].to(device)
+        inp, gt = batch["inp"].to(device), batch["gt"].to(device)
         coord, cell = batch["coord"].to(device), batch["cell"].to(device)
         h, w = inp.shape[-2:]
         H, W = (round(2 / v) for v in batch["cell"][0, 0].tolist())
-        cell = clip_cell(cell, (H / h, W / w), cfg["scale_max"])
-        pred = net(normalise(inp, norm_in["sub"], norm_in["div"]), coord, cell, bsize=cfg.get("eval_bsize"))
-        pred = denormalise(pred, norm_gt["sub"], norm_gt["div"]).clamp(0, 1)
-        gt = batch["gt"].to(device)
+        pred = predict(net, inp, coord, cell, scale_hw=(H / h, W / w), scale_max=cfg["scale_max"],
+                       bsize=cfg.get("eval_bsize"), inp_norm=(norm_in["sub"], norm_in["div"]),
+                       gt_norm=(norm_gt["sub"], norm_gt["div"]))
         if eval_type is None or coord.shape[1] != H * W:
             values = -10 * torch.log10(((pred - gt) ** 2).mean(dim=(1, 2)))
         else:
@@ -313,151 +297,237 @@ def _progress(n: int, desc: str, rank: int):
     return tqdm(total=n, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
-# --- main --------------------------------------------------------------------------------------
-def run(args: argparse.Namespace) -> None:
+# --- set-up steps ------------------------------------------------------------------------------
+@dataclass
+class Processes:
+    """This process's place in a (torchrun) group: world size, rank and device."""
+    world: int
+    rank: int
+    device: torch.device
+
+
+def set_up_processes(device_arg: str) -> Processes:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None
-    device = pick_device(args.device, local_rank)
+    device = pick_device(device_arg, local_rank)
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Processes(world, rank, device)
 
-    resume_ckpt = None
-    if args.resume:
-        name = args.name or (_default_name(args.config) if args.config else None)
-        path = args.resume if args.resume != "auto" else os.path.join(args.save_root, name or "", "epoch-last.pth")
-        if args.resume == "auto" and not os.path.exists(path):
-            raise UserError(f"nothing to resume: {path} does not exist (no epoch was completed yet?); "
-                            "run without --resume to start from scratch")
-        resume_ckpt = load_checkpoint(path, map_location="cpu")
-        if not {"model", "optimizer", "epoch", "config"} <= set(resume_ckpt):
-            raise UserError(f"{path} cannot be resumed: it lacks the training state "
-                            "(optimizer/epoch/config); it may be an inference-only checkpoint")
+
+def load_resume(args: argparse.Namespace) -> dict | None:
+    """The checkpoint of --resume (default ``<save-root>/<name>/epoch-last.pth``), checked to hold
+    the training state; None without --resume."""
+    if not args.resume:
+        return None
+    name = args.name or (_default_name(args.config) if args.config else None)
+    path = args.resume if args.resume != "auto" else os.path.join(args.save_root, name or "", "epoch-last.pth")
+    if args.resume == "auto" and not os.path.exists(path):
+        raise UserError(f"nothing to resume: {path} does not exist (no epoch was completed yet?); "
+                        "run without --resume to start from scratch")
+    ckpt = load_checkpoint(path, map_location="cpu")
+    if not {"model", "optimizer", "epoch", "config"} <= set(ckpt):
+        raise UserError(f"{path} cannot be resumed: it lacks the training state "
+                        "(optimizer/epoch/config); it may be an inference-only checkpoint")
+    return ckpt
+
+
+def choose_config(args: argparse.Namespace, resume_ckpt: dict | None) -> dict:
+    """--config if given (validated), else the config stored in the resumed checkpoint."""
     if args.config:
-        cfg = load_config(args.config, TRAIN, REGISTRIES)
-    elif resume_ckpt is not None:
-        cfg = resume_ckpt["config"]
-    else:
-        raise UserError("give --config (or --resume with a checkpoint that holds its config)")
-    name = args.name or _default_name(args.config or "run")
-    folder = os.path.join(args.save_root, name)
+        return load_config(args.config, TRAIN, REGISTRIES)
+    if resume_ckpt is not None:
+        return resume_ckpt["config"]
+    raise UserError("give --config (or --resume with a checkpoint that holds its config)")
 
-    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+
+def choose_amp(name: str, device: torch.device) -> tuple[torch.dtype | None, Any]:
+    """The autocast dtype of --amp and, for fp16, the gradient scaler."""
+    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
     if amp is torch.float16 and device.type != "cuda":
         raise UserError("--amp fp16 needs a CUDA device (on the CPU use --amp bf16)")
-    scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 else None
+    return amp, (torch.amp.GradScaler("cuda") if amp is torch.float16 else None)
 
+
+def prepare_folder(folder: str, cfg: dict, rank: int) -> Log:
+    """Rank 0 writes config.yaml and removes the temporary files of checkpoint writes that a
+    crash interrupted; every rank gets its Log (silent except on rank 0)."""
     stale = []
     if rank == 0:
         os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, "config.yaml"), "w") as f:
-            yaml.safe_dump(cfg, f, sort_keys=False)
-        # temporary files of checkpoint writes that a crash interrupted (save_atomic's names)
-        stale = glob.glob(os.path.join(glob.escape(folder), ".tmp-*.pth"))
+        write_text_atomic(os.path.join(folder, "config.yaml"), yaml.safe_dump(cfg, sort_keys=False))
+        stale = glob.glob(os.path.join(glob.escape(folder), f"{TMP_PREFIX}*.pth"))
         for tmp in stale:
             os.unlink(tmp)
     log = Log(folder if rank == 0 else None)
     if stale:
         log(f"removed {len(stale)} temporary file(s) left by an interrupted checkpoint write")
+    return log
 
-    seed = cfg["seed"]
-    torch.manual_seed(seed)
-    workers = cfg["num_workers"] if args.workers is None else args.workers
 
+def build_model(cfg: dict, source: str, device: torch.device) -> nn.Module:
     try:
-        model = models.make(cfg["model"]).to(device)
+        return models.make(cfg["model"]).to(device)
     except UserError:
         raise
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:  # e.g. hidden_dim: "x"
-        src = args.config or "the resumed checkpoint's config"
-        raise UserError(f"{src}: model: cannot build {cfg['model']['name']!r} from its args "
+        raise UserError(f"{source}: model: cannot build {cfg['model']['name']!r} from its args "
                         f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+
+
+# --- the training run ----------------------------------------------------------------------------
+@dataclass
+class Trainer:
+    """Everything an epoch needs; :meth:`epoch` trains, validates and checkpoints one epoch."""
+    cfg: dict
+    procs: Processes
+    folder: str
+    log: Log
+    model: nn.Module
+    net: nn.Module                  # the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    amp: torch.dtype | None
+    scaler: Any
+    teacher: distill.Teacher | None = None
+    best: float = -math.inf
+    last_saved: int = 0
+
+    def restore(self, ckpt: dict) -> int:
+        """Weights, optimizer, scheduler and best PSNR of a resumed run; the next epoch."""
+        models.load_state_dict_strict(self.model, ckpt["model"]["sd"], what="the resumed model")
+        self.optimizer.load_state_dict(ckpt["optimizer"]["sd"])
+        if self.scheduler is not None and ckpt.get("scheduler") is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.best = ckpt.get("best_val", -math.inf)
+        self.last_saved = ckpt["epoch"]
+        self.log(f"resumed from epoch {ckpt['epoch']}")
+        return ckpt["epoch"] + 1
+
+    def diverged(self, what: str) -> UserError:
+        return UserError(_diverged(what, self.last_saved, self.folder))
+
+    def epoch(self, epoch: int) -> str:
+        """Train, validate and checkpoint one epoch; the log line."""
+        cfg, procs = self.cfg, self.procs
+        self.train_loader.dataset.epoch = epoch
+        self.train_loader.sampler.set_epoch(epoch)
+        if update_frozen(self.model, cfg, epoch, self.train_loader.dataset, self.log):
+            self.net = wrap_ddp(self.model, procs)  # DDP registers the parameters that train now
+        try:
+            loss = train_epoch(self.net, self.train_loader, self.optimizer, cfg, procs.device, self.amp, self.log,
+                               epoch, procs.rank, self.scaler, self.teacher)
+            if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+                raise NonFinite(f"the weights became inf/nan in epoch {epoch}")
+        except NonFinite as e:
+            raise self.diverged(str(e)) from None
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.scheduler is not None:
+            self.scheduler.step()
+        msg = f"epoch {epoch}/{cfg['epoch_max']}, train: loss={loss:.4f}, lr={lr:.2e}"
+        self.log.scalar("lr", lr, epoch)
+        is_best = False
+        if self.val_loader is not None and epoch % (cfg.get("epoch_val") or 1) == 0:
+            psnr = validate(self.net, self.val_loader, cfg, procs.device, procs.world)
+            if math.isnan(psnr):
+                raise self.diverged(f"validation PSNR is nan after epoch {epoch} (the model outputs inf/nan)")
+            self.log.scalar("psnr/val", psnr, epoch)
+            msg += f", val: psnr={psnr:.4f}"
+            if psnr > self.best:
+                self.best, is_best = psnr, True
+        if procs.rank == 0:
+            self.save(epoch, is_best)
+        self.last_saved = epoch
+        return msg
+
+    def save(self, epoch: int, is_best: bool) -> None:
+        ck = checkpoint(self.model, self.cfg, self.optimizer, self.scheduler, epoch, self.best)
+        # epoch-last.pth is the commit point of an epoch, so it is written last: a crash between
+        # the writes resumes from the previous epoch and rewrites epoch-best/epoch-N identically
+        if is_best:
+            save_atomic(ck, os.path.join(self.folder, "epoch-best.pth"))
+        if self.cfg.get("epoch_save") and epoch % self.cfg["epoch_save"] == 0:
+            save_atomic(ck, os.path.join(self.folder, f"epoch-{epoch}.pth"))
+        save_atomic(ck, os.path.join(self.folder, "epoch-last.pth"))
+
+    def fit(self, epoch_start: int) -> None:
+        """Epochs ``epoch_start``..epoch_max, stopping early once ``max_minutes`` have passed."""
+        cfg, t0 = self.cfg, time.time()
+        for epoch in range(epoch_start, cfg["epoch_max"] + 1):
+            t_ep = time.time()
+            msg = self.epoch(epoch)
+            elapsed = time.time() - t0
+            self.log(f"{msg}, {time.time() - t_ep:.1f}s (total {elapsed / 60:.1f} min)")
+            if cfg.get("max_minutes") and elapsed / 60 >= cfg["max_minutes"] and epoch < cfg["epoch_max"]:
+                self.log(f"stopping after epoch {epoch}: max_minutes={cfg['max_minutes']} reached "
+                         "(resume with --resume)")
+                break
+
+
+def make_trainer(args: argparse.Namespace, procs: Processes, cfg: dict, folder: str, log: Log,
+                 resume_ckpt: dict | None, amp: tuple[torch.dtype | None, Any]) -> tuple[Trainer, int]:
+    """Model, optimizer and scheduler (restored when resuming, else initialised from
+    ``init_from``), teacher and frozen parts, data loaders, DDP on several processes; the first
+    epoch to run."""
+    seed, world, rank = cfg["seed"], procs.world, procs.rank
+    torch.manual_seed(seed)
+    model = build_model(cfg, args.config or "the resumed checkpoint's config", procs.device)
     optimizer = make_optimizer(model.parameters(), cfg["optimizer"])
-    scheduler = make_scheduler(optimizer, cfg)
-    epoch_start, best = 1, -math.inf
-    if resume_ckpt is not None:
-        models.load_state_dict_strict(model, resume_ckpt["model"]["sd"], what="the resumed model")
-        optimizer.load_state_dict(resume_ckpt["optimizer"]["sd"])
-        if scheduler is not None and resume_ckpt.get("scheduler") is not None:
-            scheduler.load_state_dict(resume_ckpt["scheduler"])
-        epoch_start = resume_ckpt["epoch"] + 1
-        best = resume_ckpt.get("best_val", -math.inf)
-        log(f"resumed from epoch {resume_ckpt['epoch']}")
-    elif cfg.get("init_from"):
+    trainer = Trainer(cfg, procs, folder, log, model, model, optimizer, make_scheduler(optimizer, cfg),
+                      None, None, *amp)  # type: ignore[arg-type]  # the loaders follow below
+    epoch_start = trainer.restore(resume_ckpt) if resume_ckpt is not None else 1
+    if resume_ckpt is None and cfg.get("init_from"):
         src = cfg["init_from"]
         n = distill.init_from(model, src["checkpoint"], src["modules"])
         log(f"initialised {n} tensors under {', '.join(src['modules'])} from {src['checkpoint']}")
-    teacher = distill.Teacher(cfg["teacher"]["checkpoint"], device) if cfg.get("teacher") else None
+    trainer.teacher = distill.Teacher(cfg["teacher"]["checkpoint"], procs.device) if cfg.get("teacher") else None
     if cfg.get("freeze"):
         distill.set_frozen(model, cfg["freeze"]["modules"], bool(distill.frozen_prefixes(cfg["freeze"], epoch_start)))
-    train_loader = make_loader(cfg["train_dataset"], True, seed, world, rank, workers,
-                               wrap=cache_wrapper(cfg, model, teacher, device, log))
-    val_loader = make_loader(cfg["val_dataset"], False, seed + 1, world, rank, workers) \
+    workers = cfg["num_workers"] if args.workers is None else args.workers
+    trainer.train_loader = make_loader(cfg["train_dataset"], True, seed, world, rank, workers,
+                                       wrap=cache_wrapper(cfg, model, trainer.teacher, procs.device, log))
+    trainer.val_loader = make_loader(cfg["val_dataset"], False, seed + 1, world, rank, workers) \
         if cfg.get("val_dataset") else None
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: {cfg['model']['name']} #params={n_params:,}; train samples {len(train_loader.dataset)}, "
-        f"{world} process(es) on {device}")
+    log(f"model: {cfg['model']['name']} #params={n_params:,}; train samples {len(trainer.train_loader.dataset)}, "
+        f"{world} process(es) on {procs.device}")
+    trainer.net = wrap_ddp(model, procs)
+    return trainer, epoch_start
 
-    def wrap_ddp(model: nn.Module) -> nn.Module:  # DDP registers the parameters that train now
-        if world == 1:
-            return model
-        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    net = wrap_ddp(model)
 
-    t0 = time.time()
-    last_saved = epoch_start - 1
-    for epoch in range(epoch_start, cfg["epoch_max"] + 1):
-        t_ep = time.time()
-        train_loader.dataset.epoch = epoch
-        train_loader.sampler.set_epoch(epoch)
-        if update_frozen(model, cfg, epoch, train_loader.dataset, log):
-            net = wrap_ddp(model)
-        try:
-            loss = train_epoch(net, train_loader, optimizer, cfg, device, amp, log, epoch, rank, scaler, teacher)
-            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-                raise NonFinite(f"the weights became inf/nan in epoch {epoch}")
-        except NonFinite as e:
-            raise UserError(_diverged(str(e), last_saved, folder)) from None
-        lr = optimizer.param_groups[0]["lr"]
-        if scheduler is not None:
-            scheduler.step()
-        msg = f"epoch {epoch}/{cfg['epoch_max']}, train: loss={loss:.4f}, lr={lr:.2e}"
-        log.scalar("lr", lr, epoch)
-        epoch_val = cfg.get("epoch_val") or 1
-        is_best = False
-        if val_loader is not None and epoch % epoch_val == 0:
-            psnr = validate(net, val_loader, cfg, device, world)
-            if math.isnan(psnr):
-                raise UserError(_diverged(f"validation PSNR is nan after epoch {epoch} (the model outputs "
-                                          "inf/nan)", last_saved, folder))
-            log.scalar("psnr/val", psnr, epoch)
-            msg += f", val: psnr={psnr:.4f}"
-            if psnr > best:
-                best, is_best = psnr, True
-        if rank == 0:
-            ck = checkpoint(model, cfg, optimizer, scheduler, epoch, best)
-            # epoch-last.pth is the commit point of an epoch, so it is written last: a crash between
-            # the writes resumes from the previous epoch and rewrites epoch-best/epoch-N identically
-            if is_best:
-                save_atomic(ck, os.path.join(folder, "epoch-best.pth"))
-            if cfg.get("epoch_save") and epoch % cfg["epoch_save"] == 0:
-                save_atomic(ck, os.path.join(folder, f"epoch-{epoch}.pth"))
-            save_atomic(ck, os.path.join(folder, "epoch-last.pth"))
-        last_saved = epoch
-        elapsed = time.time() - t0
-        log(f"{msg}, {time.time() - t_ep:.1f}s (total {elapsed / 60:.1f} min)")
-        if cfg.get("max_minutes") and elapsed / 60 >= cfg["max_minutes"] and epoch < cfg["epoch_max"]:
-            log(f"stopping after epoch {epoch}: max_minutes={cfg['max_minutes']} reached (resume with --resume)")
-            break
-    if world > 1:
-        # sanity check: DDP keeps every replica identical; say so (or fail loudly) at the end
-        sums = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().view(1).to(device)
-        gathered = [torch.zeros_like(sums) for _ in range(world)]
-        dist.all_gather(gathered, sums)
-        values = [g.item() for g in gathered]
-        log(f"replicas in sync: {'yes' if len(set(values)) == 1 else 'NO'} (parameter checksums {values})")
-        dist.barrier()
-        dist.destroy_process_group()
+def wrap_ddp(model: nn.Module, procs: Processes) -> nn.Module:
+    """The model itself on one process, else a DDP wrapper of the parameters that train now."""
+    if procs.world == 1:
+        return model
+    dev = procs.device
+    return nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+
+def check_replicas(model: nn.Module, procs: Processes, log: Log) -> None:
+    """DDP keeps every replica identical: say so (or fail loudly) at the end, then leave the group."""
+    sums = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().view(1).to(procs.device)
+    gathered = [torch.zeros_like(sums) for _ in range(procs.world)]
+    dist.all_gather(gathered, sums)
+    values = [g.item() for g in gathered]
+    log(f"replicas in sync: {'yes' if len(set(values)) == 1 else 'NO'} (parameter checksums {values})")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def run(args: argparse.Namespace) -> None:
+    procs = set_up_processes(args.device)
+    resume_ckpt = load_resume(args)
+    cfg = choose_config(args, resume_ckpt)
+    folder = os.path.join(args.save_root, args.name or _default_name(args.config or "run"))
+    amp = choose_amp(args.amp, procs.device)  # refused before anything is written
+    log = prepare_folder(folder, cfg, procs.rank)
+    trainer, epoch_start = make_trainer(args, procs, cfg, folder, log, resume_ckpt, amp)
+    trainer.fit(epoch_start)
+    if procs.world > 1:
+        check_replicas(trainer.model, procs, log)
     log.close()
 
 
@@ -467,47 +537,31 @@ def _diverged(what: str, last_saved: int, folder: str) -> str:
     return f"{what}: training stopped; {kept} (try a lower learning rate)"
 
 
-def _one_line(e: BaseException) -> str:
-    """The message of a UserError; one re-raised from a DataLoader worker carries the worker's
-    whole traceback ("Caught UserError in DataLoader worker ... Original Traceback ..."), of
-    which the last line is the original message."""
-    msg = str(e)
-    if "Original Traceback" in msg:
-        last = msg.strip().splitlines()[-1]
-        prefix = f"{type(e).__module__}.{type(e).__qualname__}: "
-        msg = last[len(prefix):] if last.startswith(prefix) else last
-    return " ".join(msg.split())
-
-
 def _default_name(config: str) -> str:
     return "_" + os.path.splitext(os.path.basename(config))[0]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> Parser:
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="training config (YAML)")
     ap.add_argument("--name", help="run name: outputs go to <save-root>/<name>/ (default _<config name>)")
     ap.add_argument("--save-root", default="save")
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (torchrun: one GPU per process)")
+    ap.add_argument("--device", type=device_name, default="auto",
+                    help="auto | cpu | cuda | cuda:N (torchrun: one GPU per process)")
     ap.add_argument("--resume", nargs="?", const="auto",
                     help="checkpoint to resume (default: <save-root>/<name>/epoch-last.pth)")
-    ap.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed-precision autocast: bf16 (CUDA or CPU; on CPUs with AVX512-BF16/AMX the "
+    ap.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
+                    help="mixed-precision autocast: bf16 (CUDA or CPU; on CPUs with AVX512-BF16/AMX the "
                          "convolutions run ~1.7x faster) or fp16 (CUDA, with loss scaling)")
-    ap.add_argument("--workers", type=int, help="DataLoader workers (default: config num_workers)")
-    args = ap.parse_args(argv)
-    try:
-        run(args)
-    except (UserError, ConfigError) as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: the last completed epoch is in epoch-last.pth (resume with --resume)", file=sys.stderr)
-        return 130
-    except (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)):  # torch < 2.5
-        print("error: out of memory; lower batch_size, inp_size or sample_q (or use --amp bf16 on CUDA); "
-              "the last completed epoch is in epoch-last.pth (resume with --resume)", file=sys.stderr)
-        return 2
-    return 0
+    ap.add_argument("--workers", type=non_negative_int, help="DataLoader workers (default: config num_workers)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(lambda: run(build_parser().parse_args(argv)),
+                    out_of_memory="out of memory; lower batch_size, inp_size or sample_q (or use --amp bf16 on "
+                    "CUDA); the last completed epoch is in epoch-last.pth (resume with --resume)",
+                    interrupted="interrupted: the last completed epoch is in epoch-last.pth (resume with --resume)")
 
 
 if __name__ == "__main__":

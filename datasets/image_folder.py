@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datasets import register
+from utils.atomic import write_atomic
 from utils.errors import SpecError, UserError
 from utils.images import array_to_tensor, read_image
 
@@ -135,14 +135,7 @@ class ImageFolder(Dataset):
             npy = folder / (p.name + ".npy")
             if not npy.is_file() or npy.stat().st_mtime < p.stat().st_mtime:
                 arr = read_image(p)
-                tmp = folder / f".{npy.name}.{uuid.uuid4().hex[:8]}.tmp"
-                try:
-                    with open(tmp, "xb") as f:
-                        np.save(f, arr, allow_pickle=False)
-                    os.replace(tmp, npy)
-                except OSError as e:
-                    tmp.unlink(missing_ok=True)
-                    raise UserError(f"cannot write cache file {npy}: {e.strerror or e}") from None
+                write_atomic(npy, lambda f, a=arr: np.save(f, a, allow_pickle=False), "cache file")
             out.append(npy)
         return out
 

@@ -1,4 +1,4 @@
-"""CMSR — Controllable Multi-Scale Rendering (LMF §3.4, REFERENCE §4).
+"""CMSR — Controllable Multi-Scale Rendering (LMF paper, Sec. 3.4).
 
 LR cells whose modulations are small (low mean |shift modulation| = "simple" content) are
 rendered on a coarser grid and bilinearly upsampled; only complex cells are rendered at the
@@ -93,7 +93,8 @@ class Scale2Mod:
 
 
 def selects(mu: torch.Tensor, i: int, first: int, last: int, bounds: list[float]) -> torch.Tensor:
-    """Which modulation means ``mu`` level ``i`` renders (official rule, REFERENCE §4.2 step 3):
+    """Which modulation means ``mu`` level ``i`` renders (the official rule, kept so that
+    official tables give official outputs):
     the finest level takes ``mu >= T_i`` (checked first, so a single level takes everything),
     the coarsest ``mu <= T_{i+1}``, the others ``T_i <= mu <= T_{i+1}`` (as |mu - mid| <= r)."""
     if i == last:
@@ -217,7 +218,7 @@ def calibrate_row(model: "ImplicitDecoder", lr_images: list[torch.Tensor], scale
     mean up to which rendering at d (then bilinear upsampling) matches full rendering within
     ``mse_threshold`` (MSE in the model's normalised [-1, 1] space, as the official tables).
 
-    Follows the official procedure (REFERENCE §4.3) with three fixes: the modulation means are
+    Follows the official procedure with three fixes (docs/differences.md): the modulation means are
     split into contiguous bins of width ``step`` (the official code only tests ±0.001 windows
     around each sample value); a decode scale at which no further bin passes gets the previous
     level's bound (officially it keeps its initial 1, i.e. "render everything there" — the

@@ -131,9 +131,9 @@ def _check_queries(inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -
 def latent_cell(cell: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """The cell that LMF's latent MLP sees, per image: (B, 1, 2) in LR-cell units.
 
-    The reference reads the cells of the first h*w queries as per-LR-cell cells (REFERENCE
-    §9.4); the queries of one image share one cell, so we use the first query's cell for the
-    whole image (same numbers, no Q >= h*w requirement).
+    The official code reads the cells of the first h*w queries as per-LR-cell cells; the
+    queries of one image share one cell, so we use the first query's cell for the whole image
+    (same numbers, no Q >= h*w requirement).
     """
     return Q.rel_cell(cell[:, :1, :], h, w)
 

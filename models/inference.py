@@ -2,7 +2,7 @@
 
 The model works in the normalised space ``(x - 0.5) / 0.5`` and never rescales cells itself;
 these helpers do both, as the official scripts do: beyond the training range the cell is
-enlarged by ``max(s / scale_max, 1)`` per axis (REFERENCE §3.10).
+enlarged by ``max(s / scale_max, 1)`` per axis (see docs/differences.md).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ Per LR cell (:meth:`LMCiaoSR.latent`, once per image):
   (2, 2, C) key slices ``[t:t+2, l:l+2]`` are taken, one per ensemble neighbour; the value of a
   slice is the key plus the non-local feature. Because the unfolded vector is channel-major,
   these slices pick groups of channel/position pairs rather than spatial 2x2 sub-windows; the
-  reference does this and its checkpoints depend on it (REFERENCE §3.8, §9.9);
+  reference does this and its checkpoints depend on it (docs/differences.md);
 * ``imnet_k``/``imnet_v`` weight each key/value from [key or value, offset, relative cell], where
   the offset of neighbour (vx, vy) is ``-(vx, vy) / (h, w)`` in LR-cell units (the reference
   divides its shift by h once more than the other decoders do; kept for checkpoints);

@@ -6,7 +6,7 @@ map blended over the image.
         --cmsr weights/cmsr_lmliif_edsr-b_cpu.yaml --input img.png --scale 12 --output cmsr_levels.png
 
 Each LR cell is coloured by the decode scale that renders it (the finest level whose selection
-rule — REFERENCE §4.2 — includes the cell's mean |shift modulation|): dark = coarse (cheap),
+rule, see docs/differences.md, includes the cell's mean |shift modulation|): dark = coarse (cheap),
 bright = rendered at the full target resolution.
 """
 from __future__ import annotations

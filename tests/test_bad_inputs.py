@@ -230,7 +230,8 @@ DEMO_ERRORS = {
     "scale_inf": ("rgb", ["--scale", "inf"], "good", "out.png", ("--scale", "finite")),
     "scale_1e6": ("rgb", ["--scale", "1e6"], "good", "out.png", ("too large", "65535")),
     "scale_text": ("rgb", ["--scale", "big"], "good", "out.png", ("--scale", "not a number")),
-    "scale_three": ("rgb", ["--scale", "1,2,3"], "good", "out.png", ("--scale", "one factor or two")),
+    "scale_three": ("rgb", ["--scale", "1x2x3"], "good", "out.png", ("--scale", "one factor or two")),
+    "scale_comma_pair": ("rgb", ["--scale", "2,3"], "good", "out.png", ("--scale", "HxW", "3x2")),
     "scale_tiny": ("rgb", ["--scale", "0.01"], "good", "out.png", ("empty output",)),
     "size_0x0": ("rgb", ["--size", "0x0"], "good", "out.png", ("--size", "at least 1")),
     "size_garbage": ("rgb", ["--size", "10"], "good", "out.png", ("--size", "WIDTHxHEIGHT")),
@@ -311,7 +312,7 @@ def test_demo_out_of_gpu_memory_is_one_line(tmp_path, scripts, ckpts, capsys, mo
 DEMO_OK = {
     "1x1_x2": ("1x1", ["--scale", "2"], "good", (2, 2), "RGB"),
     "2x3_x2": ("2x3", ["--scale", "2"], "good", (4, 6), "RGB"),
-    "2x3_x2_by_x3": ("2x3", ["--scale", "2,3"], "good", (4, 9), "RGB"),
+    "2x3_x2_by_x3": ("2x3", ["--scale", "3x2"], "good", (4, 9), "RGB"),  # HxW: x3 rows, x2 columns
     "1x1_size": ("1x1", ["--size", "5x3"], "good", (5, 3), "RGB"),
     "rgba": ("rgba", ["--scale", "2"], "good", (14, 12), "RGBA"),
     "la": ("la", ["--scale", "2"], "good", (14, 12), "LA"),

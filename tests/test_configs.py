@@ -1,5 +1,5 @@
 """Every shipped config validates against its schema; the official recipes build models with
-the parameter counts of the official code (REFERENCE §6.3)."""
+the parameter counts of the official code."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,8 +18,8 @@ REGISTRIES = {"model": MODELS, "dataset": datasets.DATASETS}
 TRAIN_FILES = sorted((CONFIGS / "train").glob("*.yaml")) + sorted((CONFIGS / "cpu").glob("*.yaml"))
 TEST_FILES = sorted((CONFIGS / "test").glob("*.yaml"))  # empty if the folder is absent
 
-# REFERENCE §6.3 (verified by instantiating the official classes; EDSR-b includes the 24 frozen
-# MeanShift parameters).
+# parameter counts of the official models (verified by instantiating the official classes;
+# EDSR-b includes the 24 frozen MeanShift parameters).
 PARAMS = {
     "edsr-baseline": {"liif": 1_567_323, "lte": 1_714_267, "lmliif": 1_386_091, "lmlte": 1_490_907,
                       "lmciaosr": 1_955_438},
@@ -59,7 +59,7 @@ def test_official_recipe(enc: str, dec: str) -> None:
     # LM-CiaoSR with EDSR-b/RDN: 64x64 patches, 4096 queries; its RDN recipe keeps the EDSR-b
     # schedule (the official train_rdn-lmciaosr.yaml)
     patch, queries = (64, 4096) if ciao and not swin else (48, 2304)
-    # optimisation (REFERENCE §5.1)
+    # optimisation (the official recipes)
     assert cfg["optimizer"] == {"name": "adam", "args": {"lr": 2e-4 if swin else 1e-4}}
     assert cfg["train_dataset"]["batch_size"] == (32 if swin else 16)
     if swin:

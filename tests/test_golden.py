@@ -1,8 +1,14 @@
-"""Golden tests: the official LMF code's outputs (shared/fixtures/official) reproduced on the CPU."""
+"""Golden tests: the official LMF code's outputs reproduced on the CPU, on both render paths.
+
+Two fixture sets of the same 28 cases (see their READMEs): ``tests/fixtures/official-tiny``
+(tiny EDSR-baseline encoders, kept in the repository, so these run on every clone) and the
+full-size ``../shared/fixtures/official`` (an extra check that skips when ``../shared`` is absent).
+"""
 from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,46 +19,61 @@ from conftest import FIXTURES, need
 from utils.coords import make_cell, make_coord
 
 TOL = 1e-4
+TINY = Path(__file__).resolve().parent / "fixtures" / "official-tiny"
+SETS = {"tiny": TINY, "full": FIXTURES}
 
 
-def _cases() -> list[dict]:
-    path = FIXTURES / "manifest.json"
+def _cases(folder: Path) -> list[dict]:
+    path = folder / "manifest.json"
     if not path.exists():
         return []
     return json.loads(path.read_text())["cases"]
 
 
 @functools.lru_cache(maxsize=None)
-def _expected() -> dict:
-    return torch.load(need(FIXTURES / "expected.pt"), weights_only=True)
+def _expected(folder: Path) -> dict:
+    return torch.load(need(folder / "expected.pt"), weights_only=True)
 
 
 @functools.lru_cache(maxsize=None)
-def _checkpoint(name: str) -> dict:
-    return torch.load(need(FIXTURES / f"{name}.pth"), weights_only=True, map_location="cpu")
+def _checkpoint(folder: Path, name: str) -> dict:
+    return torch.load(need(folder / f"{name}.pth"), weights_only=True, map_location="cpu")
 
 
-def _model(case: dict) -> torch.nn.Module:
-    ckpt = _checkpoint(case["model"])
+def _model(folder: Path, case: dict) -> torch.nn.Module:
+    ckpt = _checkpoint(folder, case["model"])
     cmsr = None
     if case["cmsr"]:
-        table = yaml.safe_load((FIXTURES / case["cmsr"]["s2m_table_file"]).read_text())
+        table = yaml.safe_load((folder / case["cmsr"]["s2m_table_file"]).read_text())
         cmsr = {"mse_threshold": case["cmsr"]["mse_threshold"], "s2m_tables": table}
     return models.load_model(ckpt, cmsr_spec=cmsr, eval_mode=case["mode"] == "eval")
 
 
-CASES = _cases()
+def _params(select=lambda c: True, limit: int | None = None) -> list:
+    """(fixture folder, case) pairs of both sets; the full set's cases are listed by name from the
+    tiny manifest when ../shared is absent, so that they show up as skipped."""
+    out = []
+    for name, folder in SETS.items():
+        cases = _cases(folder) or _cases(TINY)
+        cases = [c for c in cases if select(c)][:limit]
+        out += [pytest.param(folder, c, id=f"{name}-{c['key']}") for c in cases]
+    return out
 
 
-def test_fixtures_present_or_skipped():
+def test_tiny_fixtures_are_in_the_repository():
+    assert len(_cases(TINY)) == 28
+    assert (TINY / "expected.pt").is_file()
+
+
+def test_full_fixtures_present_or_skipped():
     need(FIXTURES / "manifest.json")
-    assert len(CASES) == 28
+    assert len(_cases(FIXTURES)) == 28
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c["key"] for c in CASES])
-def test_golden_case(case):
-    exp = _expected()
-    model = _model(case)
+@pytest.mark.parametrize("folder, case", _params())
+def test_golden_case(folder, case):
+    exp = _expected(folder)
+    model = _model(folder, case)
     coord, cell = exp[case["coord_key"]], exp[case["cell_key"]]
     if case["mode"] == "train":
         idx = exp[case["query_index_key"]]
@@ -71,22 +92,22 @@ def test_golden_case(case):
     assert diff <= TOL, f"max |diff| {diff:.3g} > {TOL}"
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c["mode"] == "eval" and not c["cmsr"]][:5],
-                         ids=lambda c: c["key"])
-def test_golden_with_own_grid_and_small_chunks(case):
+@pytest.mark.parametrize("folder, case", _params(lambda c: c["mode"] == "eval" and not c["cmsr"], limit=5))
+def test_golden_with_own_grid_and_small_chunks(folder, case):
     """Our own grid/cell functions and chunked decoding give the same outputs."""
-    exp = _expected()
+    exp = _expected(folder)
     h, w = case["out_hw"]
     coord = make_coord((h, w)).unsqueeze(0)
     cell = make_cell((h, w)).unsqueeze(0)
-    model = _model(case)
+    model = _model(folder, case)
     with torch.no_grad():
         out = model(exp["input"], coord, cell, bsize=777)
     assert (out - exp[case["key"]]).abs().max().item() <= TOL
 
 
-def test_own_grid_is_bit_exact():
-    exp = _expected()
+@pytest.mark.parametrize("folder", list(SETS.values()), ids=list(SETS))
+def test_own_grid_is_bit_exact(folder):
+    exp = _expected(folder)
     keys = [k for k in exp if k.startswith("coord_")]
     assert keys
     for key in keys:
@@ -95,16 +116,15 @@ def test_own_grid_is_bit_exact():
         assert torch.equal(make_cell((h, w)).unsqueeze(0), exp[f"cell_{h}x{w}"]), key
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c["mode"] == "eval" and c["model"].startswith("lm")],
-                         ids=lambda c: c["key"])
-def test_golden_fused_kernel_equals_pytorch_path(case):
+@pytest.mark.parametrize("folder, case", _params(lambda c: c["mode"] == "eval" and c["model"].startswith("lm")))
+def test_golden_fused_kernel_equals_pytorch_path(folder, case):
     """Where the fused CPU render kernel runs (default above), the layer-by-layer PyTorch path
     gives the same outputs too: both reproduce the official outputs, and agree to 2e-5 (an
     index flipped at a cell border would differ by far more)."""
     from models import fast_render
 
-    exp = _expected()
-    model = _model(case)
+    exp = _expected(folder)
+    model = _model(folder, case)
     coord, cell = exp[case["coord_key"]], exp[case["cell_key"]]
     with torch.no_grad():
         fused = model(exp["input"], coord, cell)

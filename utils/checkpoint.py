@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from typing import Any, Mapping
 
 import torch
 
+from utils.atomic import write_atomic
 from utils.errors import CheckpointError
 
 # arguments that released official configs carried but that the constructors never took
@@ -78,28 +78,6 @@ def model_spec(ckpt: Mapping[str, Any], path: str = "checkpoint") -> dict:
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    A crash at any moment leaves either the old file or the new one, never a partial file.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    """``torch.save`` through :func:`utils.atomic.write_atomic`: a crash at any moment leaves
+    either the old file or the new one, never a partial file."""
+    write_atomic(path, lambda f: torch.save(obj, f), "checkpoint")

@@ -20,7 +20,6 @@ ones for 8-bit files. Choices a reader should know:
 from __future__ import annotations
 
 import os
-import uuid
 import warnings
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from utils.atomic import write_atomic
 from utils.errors import UserError
 
 __all__ = ["read_image", "read_alpha", "array_to_tensor", "load_image", "save_image"]
@@ -102,8 +102,8 @@ def save_image(img: torch.Tensor, path: str | os.PathLike, quality: int = 95) ->
     formats without alpha, such as JPEG and BMP, get the L/RGB part); format from the extension.
 
     Values are rounded (``(x*255).round().clamp(0, 255)``), not truncated. The file is written
-    to a temporary name in the same folder and moved into place, so a crash never leaves a
-    half-written image. ``quality`` applies to JPEG/WebP only.
+    atomically (:func:`utils.atomic.write_atomic`), so a crash never leaves a half-written image.
+    ``quality`` applies to JPEG/WebP only.
     """
     path = Path(path)
     if img.dim() != 3 or img.shape[0] not in (1, 2, 3, 4):
@@ -117,14 +117,4 @@ def save_image(img: torch.Tensor, path: str | os.PathLike, quality: int = 95) ->
     arr = arr.permute(1, 2, 0).contiguous().numpy()
     pil = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, mode={1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[arr.shape[2]])
     extra = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # honours the umask, unlike mkstemp's 0600
-            pil.save(f, format=fmt, **extra)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write image {path}: {e.strerror or e}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: pil.save(f, format=fmt, **extra), "image")

@@ -31,8 +31,7 @@ class MeanShift(nn.Conv2d):
     """Frozen 1x1 conv that subtracts (sign=-1) or adds (sign=+1) the DIV2K mean.
 
     The official encoders build two of these but never call them (normalisation is done by
-    data_norm outside the network). They are kept only so that official checkpoints load strictly
-    (REFERENCE §9 item 12).
+    data_norm outside the network). They are kept only so that official checkpoints load strictly.
     """
 
     def __init__(self, rgb_range: float, rgb_mean: Sequence[float] = _DIV2K_MEAN,

@@ -5,7 +5,7 @@ Layout and state-dict keys follow the official code (``conv_first``, ``patch_emb
 ``conv_before_upsample.0``), including the ``relative_position_index`` and ``attn_mask`` buffers,
 so official checkpoints load strictly.
 
-Differences from the official forward (REFERENCE §9 item 11):
+Differences from the official forward (also in docs/differences.md):
 
 * the input is reflect-padded (bottom/right) to a multiple of the window size and the feature map
   is cropped back, so the output (B, 64, h, w) is aligned with the input (B, 3, h, w);

@@ -1,0 +1,173 @@
+"""What train.py, test.py and demo.py share: the argument parser and its value types, the scale
+syntax, the device picker and the mapping of errors to one line and an exit code.
+
+Scales are written the same way everywhere (command line, Python API, tables):
+
+* ``4`` or ``2.5``: the same factor along both axes;
+* ``HxW``, e.g. ``3x2``: 3 vertically (rows, height) and 2 horizontally (columns, width) — the
+  order of ``scale_hw=(3, 2)`` in the Python API and of image shapes ``(H, W)``.
+
+``2,3`` is not a scale: test.py reads commas as a list of scales (``--scales 2,3,4``) and demo.py
+refuses them with a line that says to write ``HxW``. (``--size`` of demo.py is an output size in
+pixels, written ``WIDTHxHEIGHT`` as image sizes usually are.)
+
+torch is imported only inside :func:`pick_device`, so ``--help`` and argument errors answer at once.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from typing import TYPE_CHECKING, Callable
+
+from utils.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+ScaleHW = tuple[float, float]
+
+EXIT_ERROR = 2          # every user error: one line ``error: ...`` on stderr
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors raise :class:`UserError` (one line, exit code 2 via :func:`run_main`)
+    instead of printing the usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(message)
+
+
+# --- value types (argparse ``type=``; their ArgumentTypeError becomes "argument --x: ...") ------
+def positive_float(text: str, what: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what}: {text!r} is not a number") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"{what}: {text!r} must be a finite number > 0")
+    return v
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} must be >= {minimum}")
+        return v
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+
+
+def device_name(text: str) -> str:
+    """argparse type: auto, cpu, cuda or cuda:N."""
+    if text in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def parse_scale(text: str, what: str = "scale") -> ScaleHW:
+    """``'4'`` -> (4, 4); ``'3x2'`` -> (3, 2) = (vertical, horizontal). Raises ArgumentTypeError."""
+    tok = text.strip()
+    if "," in tok:
+        raise argparse.ArgumentTypeError(
+            f"{what} {text!r}: write an asymmetric scale as HxW (rows x columns), e.g. 3x2 for x3 "
+            "vertically and x2 horizontally; commas separate scales only in test.py --scales")
+    parts = tok.lower().split("x")
+    if len(parts) == 1:
+        s = positive_float(parts[0], what)
+        return s, s
+    if len(parts) == 2:
+        name = f"{what} {text!r} (HxW)"
+        return positive_float(parts[0], name), positive_float(parts[1], name)
+    raise argparse.ArgumentTypeError(f"{what} {text!r}: expected one factor or two as HxW (e.g. 4, 2.5 or 3x2)")
+
+
+def parse_scales(text: str) -> list[ScaleHW]:
+    """``'2,3.5,3x2'`` -> [(2, 2), (3.5, 3.5), (3, 2)]; duplicates dropped, order kept."""
+    out: list[ScaleHW] = []
+    for tok in text.split(","):
+        if not tok.strip():
+            raise argparse.ArgumentTypeError(f"empty scale in {text!r} (write e.g. 2,3,4 or 3x2)")
+        hw = parse_scale(tok)
+        if hw not in out:
+            out.append(hw)
+    return out
+
+
+def scale_label(s: ScaleHW) -> str:
+    """``4``, ``2.5`` or ``3x2`` (HxW): the written form of a scale (tables, JSON, folder names)."""
+    def fmt(x: float) -> str:
+        return f"{x:.10g}"
+    return fmt(s[0]) if s[0] == s[1] else f"{fmt(s[0])}x{fmt(s[1])}"
+
+
+# --- device --------------------------------------------------------------------------------------
+def pick_device(name: str, local_rank: int | None = None) -> "torch.device":
+    """auto (CUDA if available, else CPU), cpu, cuda or cuda:N; ``local_rank`` (torchrun) picks
+    the process's GPU. An unavailable CUDA device is a UserError."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if dev.type != "cuda":
+        return dev
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available (use --device cpu or auto)")
+    if local_rank is not None:
+        dev = torch.device("cuda", local_rank)
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    torch.cuda.set_device(dev)
+    return dev
+
+
+# --- errors -> one line and an exit code -------------------------------------------------------
+def one_line(e: BaseException) -> str:
+    """The message of an error on one line. One re-raised from a DataLoader worker carries the
+    worker's whole traceback ("Caught UserError in DataLoader worker ... Original Traceback ..."),
+    of which the last line is the original message."""
+    msg = str(e)
+    if "Original Traceback" in msg:
+        last = msg.strip().splitlines()[-1]
+        prefix = f"{type(e).__module__}.{type(e).__qualname__}: "
+        msg = last[len(prefix):] if last.startswith(prefix) else last
+    return " ".join(msg.split())
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    # torch.OutOfMemoryError (CUDA, MPS) is a RuntimeError; matched by name so torch stays unimported
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+
+
+def run_main(body: Callable[[], object], out_of_memory: str, interrupted: str) -> int:
+    """Run an entry script's ``body``: 0 on success; a :class:`UserError` (bad argument, config,
+    file, ...) -> ``error: <one line>`` and 2; running out of memory -> ``error: <out_of_memory>``
+    and 2; Ctrl-C -> ``<interrupted>`` and 130. Anything else is a bug and keeps its traceback."""
+    try:
+        body()
+    except UserError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        if not _is_out_of_memory(e):
+            raise
+        print(f"error: {out_of_memory}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0

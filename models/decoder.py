@@ -62,7 +62,7 @@ class ImplicitDecoder(nn.Module):
 
     # -- stages ---------------------------------------------------------------------------
     def encode(self, inp: torch.Tensor) -> torch.Tensor:
-        if self.encoder_precision == "bf16" and not torch.is_autocast_enabled(inp.device.type):
+        if self.encoder_precision == "bf16" and not _autocast_on(inp.device.type):
             # channels-last: oneDNN's bf16 convolutions are fastest in NHWC (measured in
             # docs/gpu.md: autocast alone gains little on the CPU, with NHWC ~2-3x)
             with torch.autocast(inp.device.type, dtype=torch.bfloat16):
@@ -131,6 +131,14 @@ class ImplicitDecoder(nn.Module):
 
 
 PRECISIONS = ("fp32", "bf16")
+
+
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is already on (the caller's precision then applies to the encoder)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
 def set_encoder_precision(model: nn.Module, precision: str) -> nn.Module:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,31 +124,37 @@ def test_bf16_tables_are_computed_in_fp32():
     torch.testing.assert_close(fused, plain, rtol=0, atol=2e-5)
 
 
-def _golden_cases() -> list[dict]:
+TINY = Path(__file__).resolve().parent / "fixtures" / "official-tiny"
+
+
+def _golden_params() -> list:
+    """(fixture folder, case): the tiny set in the repository and the full shared set (skipped
+    when absent). The interpreter is slow: one small LM-LIIF case of the tiny set only there;
+    on a GPU every LM-LIIF/LM-LTE eval case of both sets."""
     import json
 
-    path = FIXTURES / "manifest.json"
-    if not path.exists():
-        return []
-    cases = [c for c in json.loads(path.read_text())["cases"] if c["mode"] == "eval" and not c["cmsr"]
-             and c["model"] in ("lmliif", "lmlte")]
-    # the interpreter is slow: one small LM-LIIF case only; on a GPU all of them
-    return [c for c in cases if DEVICE.type != "cpu" or c["key"] == "lmliif_eval_48x64"]
+    tiny = json.loads((TINY / "manifest.json").read_text())["cases"]
+    out = []
+    for label, folder in (("tiny", TINY), ("full", FIXTURES)):
+        if DEVICE.type == "cpu" and label == "full":
+            continue
+        for c in tiny:  # both sets hold the same 28 cases
+            if c["mode"] == "eval" and not c["cmsr"] and c["model"] in ("lmliif", "lmlte") \
+                    and (DEVICE.type != "cpu" or c["key"] == "lmliif_eval_48x64"):
+                out.append(pytest.param(folder, c, id=f"{label}-{c['key']}"))
+    return out
 
 
-@pytest.mark.parametrize("case", _golden_cases(), ids=lambda c: c["key"])
+@pytest.mark.parametrize("folder, case", _golden_params())
 @torch.no_grad()
-def test_golden(case):
-    """The official outputs (shared fixtures) through the Triton kernel, within 1e-4."""
-    from utils.devices import no_tf32
-
-    no_tf32()
-    exp = torch.load(need(FIXTURES / "expected.pt"), weights_only=True)
-    ckpt = torch.load(need(FIXTURES / f"{case['model']}.pth"), weights_only=True, map_location="cpu")
+def test_golden(folder, case):
+    """The official outputs through the Triton kernel, within 1e-4."""
+    exp = torch.load(need(folder / "expected.pt"), weights_only=True)
+    ckpt = torch.load(need(folder / f"{case['model']}.pth"), weights_only=True, map_location="cpu")
     model = models.load_model(ckpt, device=DEVICE)
-    coord, cell = exp[case["coord_key"]].to(DEVICE), exp[case["cell_key"]].to(DEVICE)
+    coord, cell, inp = (exp[k].to(DEVICE) for k in (case["coord_key"], case["cell_key"], "input"))
     with triton_path():
-        assert model.imnet.fused(model.prepare(exp["input"].to(DEVICE), cell).mods)
-        out = model(exp["input"].to(DEVICE), coord, cell)
+        assert model.imnet.fused(model.prepare(inp, cell).mods)
+        out = model(inp, coord, cell)
     diff = (out.cpu() - exp[case["key"]]).abs().max().item()
     assert diff <= 1e-4, f"max |diff| {diff:.3g} > 1e-4"

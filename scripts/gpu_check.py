@@ -141,11 +141,12 @@ def main() -> None:
         epochs = 2 if quick else 3
         cfg = train_config(args, folder, epochs)
         rows = []
-        worst = 0
+        worst, total = 0, 0.0
         for amp in ("none", "bf16"):
             cmd = [py, "train.py", "--config", str(cfg), "--name", f"smoke-{amp}", "--save-root", str(folder),
                    "--device", dev, "--amp", amp]
             code, text, secs = run(cmd, out / f"train-{amp}.log", 300)
+            total += secs
             ls = losses(text)
             ok = code == 0 and len(ls) == epochs and ls[-1] < ls[0]
             worst = worst or (0 if ok else (code or 1))
@@ -157,11 +158,12 @@ def main() -> None:
         cmd = [py, "train.py", "--config", str(cfg2), "--name", "smoke-bf16", "--save-root", str(folder),
                "--device", dev, "--amp", "bf16", "--resume"]
         code, text, secs = run(cmd, out / "train-resume.log", 200)
+        total += secs
         resumed = code == 0 and f"resumed from epoch {epochs}" in text and len(losses(text)) == 1
         worst = worst or (0 if resumed else (code or 1))
         table = ["| amp | loss per epoch | s per epoch | |", "|---|---|---|---|", *rows, "",
                  f"resume (bf16, epoch {epochs} -> {epochs + 1}): {'ok' if resumed else 'FAILED'}"]
-        report("train", worst, secs, "\n".join(table))
+        report("train", worst, total, "\n".join(table))
 
     if "cmsr" in steps:
         table = ROOT / "weights" / "cmsr_lmliif_edsr-b_cpu.yaml"

@@ -55,8 +55,19 @@ class ImplicitDecoder(nn.Module):
         self.encoder = make(encoder_spec)
         self.cmsr = CMSR.from_spec(cmsr_spec) if cmsr_spec is not None else None
 
+    #: "fp32" (default) or "bf16": the encoder under bfloat16 autocast on a channels-last input,
+    #: features returned in fp32 contiguous (the latent and render stages stay fp32).
+    #: See :func:`set_encoder_precision`.
+    encoder_precision = "fp32"
+
     # -- stages ---------------------------------------------------------------------------
     def encode(self, inp: torch.Tensor) -> torch.Tensor:
+        if self.encoder_precision == "bf16" and not _autocast_on(inp.device.type):
+            # channels-last: oneDNN's bf16 convolutions are fastest in NHWC (measured in
+            # docs/gpu.md: autocast alone gains little on the CPU, with NHWC ~2-3x)
+            with torch.autocast(inp.device.type, dtype=torch.bfloat16):
+                feat = self.encoder(inp.contiguous(memory_format=torch.channels_last))
+            return feat.float().contiguous()
         return self.encoder(inp)
 
     def latent(self, feat: torch.Tensor, inp: torch.Tensor, cell: torch.Tensor) -> Latent:
@@ -117,6 +128,31 @@ class ImplicitDecoder(nn.Module):
         _check_queries(inp, coord, cell)
         lat = self.latent(feat, inp, cell) if feat is not None else self.prepare(inp, cell)
         return self.decode(lat, coord, cell, bsize, cmsr, stats)
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is already on (the caller's precision then applies to the encoder)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+def set_encoder_precision(model: nn.Module, precision: str) -> nn.Module:
+    """Run ``model``'s encoder in ``precision`` ("fp32" or "bf16" autocast); returns the model.
+
+    bf16 only changes the encoder (its convolutions in bfloat16, channels-last; speed and
+    PSNR cost measured in docs/gpu.md); the decoder keeps fp32.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if not isinstance(model, ImplicitDecoder):
+        raise ValueError(f"precision {precision}: not an LIIF-family model ({type(model).__name__})")
+    model.encoder_precision = precision
+    return model
 
 
 def _check_queries(inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> None:

@@ -146,9 +146,14 @@ def disabled() -> Iterator[None]:
         _disabled.on = before
 
 
+def forced_off() -> bool:
+    """Whether this thread is inside :func:`disabled` (every fused kernel, CPU or GPU, is off)."""
+    return getattr(_disabled, "on", False)
+
+
 def usable(x: torch.Tensor, tables: torch.Tensor, hidden_dim: int) -> bool:
     """Whether the kernel can compute this render call (else use the PyTorch path)."""
-    return (hidden_dim == HIDDEN and not getattr(_disabled, "on", False) and tables.device.type == "cpu" and x.device.type == "cpu" and x.dtype == torch.float32
+    return (hidden_dim == HIDDEN and not forced_off() and tables.device.type == "cpu" and x.device.type == "cpu" and x.dtype == torch.float32
             and tables.dtype == torch.float32 and tables.stride(-1) == 1
             and not (torch.is_grad_enabled() and (x.requires_grad or tables.requires_grad))
             and library() is not None)
@@ -168,7 +173,7 @@ def _executor(n: int) -> ThreadPoolExecutor:
     return _pool
 
 
-def _weights(x: torch.Tensor, w0: torch.Tensor, hidden: list[torch.Tensor], w_out: torch.Tensor,
+def kernel_weights(x: torch.Tensor, w0: torch.Tensor, hidden: list[torch.Tensor], w_out: torch.Tensor,
              b_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Kernel layout of the MLP weights: transposed, output layer zero-padded to 16 channels."""
     out_dim = w_out.shape[0]
@@ -214,7 +219,7 @@ def render16(x: torch.Tensor, tables: torch.Tensor, index: torch.Tensor | None,
     depth, out_dim = tables.shape[0], w_out.shape[0]
     x = x.detach().contiguous()
     index = (torch.arange(n) if index is None else index).to(torch.int64).contiguous()
-    w0t, wht, woutt, bout = _weights(x, w0, hidden, w_out, b_out)
+    w0t, wht, woutt, bout = kernel_weights(x, w0, hidden, w_out, b_out)
     out = x.new_empty(n, out_dim)
     tables = tables.detach()
 
@@ -277,7 +282,7 @@ class _QueryCall:
                       Q.axis_shifts(h, local_ensemble), Q.axis_shifts(w, local_ensemble))
         clamp = float(torch.tensor(Q.CLAMP, dtype=torch.float32))
         self.lookup = (v, h, w, *(t.data_ptr() for t in self._keep), clamp)
-        self.weights = _weights(coord, w0, hidden, w_out, b_out)
+        self.weights = kernel_weights(coord, w0, hidden, w_out, b_out)
         self.out = coord.new_empty(coord.shape[0], coord.shape[1], w_out.shape[0])
 
     def head(self, i: int, start: int, stop: int) -> tuple:

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from . import fast_render
+from . import fast_render, triton_render
 from . import query as Q
 from .decoder import ImplicitDecoder, Latent, as_table, latent_cell
 from .lmliif import lm_dims
@@ -80,7 +80,8 @@ class LMLTE(ImplicitDecoder):
             else:
                 phase = coord.new_zeros(coord.shape[0], 1, self.code_dim // 2)
             last = self.imnet.layers[-1]
-            return fast_render.lte16(coord, phase, lat.table, lat.mods, h, w, self.local_ensemble,
+            kernel = triton_render if triton_render.usable(lat.mods, self.imnet.hidden_dim) else fast_render
+            return kernel.lte16(coord, phase, lat.table, lat.mods, h, w, self.local_ensemble,
                                      self.imnet.hidden(0).weight,
                                      [self.imnet.hidden(l).weight for l in range(1, self.imnet.hidden_depth)],
                                      last.weight, last.bias)

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from . import fast_render
+from . import fast_render, triton_render
 from . import query as Q
 from .registry import register
 
@@ -152,8 +152,8 @@ class ModulatedMLP(nn.Module):
         return Q.ensemble(pred.view(b, k, q, -1), lookup)
 
     def fused(self, tables: torch.Tensor) -> bool:
-        """Whether :meth:`render_at` (and :meth:`render`) will run in the fused CPU kernel."""
-        return fast_render.usable(tables, tables, self.hidden_dim)
+        """Whether :meth:`render_at` will run in a fused kernel (CPU: C, CUDA: Triton)."""
+        return triton_render.usable(tables, self.hidden_dim) or fast_render.usable(tables, tables, self.hidden_dim)
 
     def render_at(self, coord: torch.Tensor, tables: torch.Tensor, hw: tuple[int, int],
                   local_ensemble: bool, cell: torch.Tensor | None = None,
@@ -161,12 +161,17 @@ class ModulatedMLP(nn.Module):
         """Render queries whose per-neighbour input is [relative coord, (relative cell)].
 
         coord, cell (B, Q, 2); tables (depth, B, h*w, 2*hd). Look-up, render and blend: one
-        fused kernel on the CPU without autograd, else :func:`query.locate` + :meth:`render_blend`.
+        fused kernel without autograd (Triton on CUDA, C on the CPU), else :func:`query.locate` +
+        :meth:`render_blend`.
         """
         h, w = hw
         w0 = self.hidden(0).weight if layer0_weight is None else layer0_weight
+        last = self.layers[-1]
+        if triton_render.usable(tables, self.hidden_dim, coord, *([] if cell is None else [cell])):
+            return triton_render.query16(coord, cell, tables, h, w, local_ensemble, w0,
+                                         [self.hidden(l).weight for l in range(1, self.hidden_depth)],
+                                         last.weight, last.bias)
         if fast_render.usable(coord, tables, self.hidden_dim) and (cell is None or not cell.requires_grad):
-            last = self.layers[-1]
             return fast_render.query16(coord, cell, tables, h, w, local_ensemble, w0,
                                        [self.hidden(l).weight for l in range(1, self.hidden_depth)],
                                        last.weight, last.bias)

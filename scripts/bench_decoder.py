@@ -6,7 +6,12 @@ encoder time, each decoder's latent (per-LR-cell) and render (per-query) time, a
 machine's fp32 matmul throughput (large square matmuls) as a yardstick for the render stage.
 
     python scripts/bench_decoder.py                       # CPU, 160x90 LR, x4/x8/x12
-    python scripts/bench_decoder.py --device cuda --amp bf16
+    python scripts/bench_decoder.py --device cuda --amp bf16 --lr-size 320x180 --repeats 20
+    python scripts/bench_decoder.py --device cuda --render eager    # LMF render in eager PyTorch
+    python scripts/bench_decoder.py --device cuda --render compile  # ... under torch.compile
+
+On CUDA times come from CUDA events (after a warm-up), TF32 is off (``--tf32`` allows it), and
+the LMF render runs in the Triton kernel when triton is installed (``--render fused``).
 
 MACs come from ``torch.utils.flop_counter`` (matmul/conv FLOPs / 2), not hand counts.
 """
@@ -17,7 +22,6 @@ import contextlib
 import os
 import statistics
 import sys
-import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -25,7 +29,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import models  # noqa: E402
-from models import fast_render  # noqa: E402
+from models import fast_render, triton_render  # noqa: E402
+from utils.devices import TIMERS, no_tf32  # noqa: E402
 from utils.coords import make_cell, make_coord  # noqa: E402
 
 ENC = {"name": "edsr-baseline", "args": {"no_upsampling": True}}
@@ -53,22 +58,13 @@ SPECS = {
 }
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn, device: torch.device, repeats: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
+    """Median time of ``fn()`` over ``repeats`` runs after warm-up (wall clock on the CPU, CUDA
+    events on a GPU)."""
+    timer = TIMERS[device.type](device)
+    for _ in range(1 if device.type == "cpu" else 3):
         fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(timer(fn) for _ in range(repeats))
 
 
 def flops(fn) -> int:
@@ -98,9 +94,17 @@ def main() -> None:
     ap.add_argument("--bsize", type=int, default=None, help="query chunk (default: each model's)")
     ap.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--render", choices=["fused", "eager", "compile"], default="fused",
+                    help="LMF render: fused kernel where it applies (default), eager PyTorch, or eager "
+                         "under torch.compile")
+    ap.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (default: off, exact fp32)")
     args = ap.parse_args()
 
     device = torch.device(args.device)
+    if not args.tf32:
+        no_tf32()
+    if args.render != "fused":
+        os.environ["LMF_TRITON_RENDER"] = "0"  # the Triton kernel off; the C kernel off below
     if args.threads:
         torch.set_num_threads(args.threads)
     w, h = (int(v) for v in args.lr_size.lower().split("x"))
@@ -112,7 +116,13 @@ def main() -> None:
     torch.manual_seed(0)
     inp = (torch.rand(1, 3, h, w, device=device) - 0.5) / 0.5
     peak = matmul_gflops(device, args.repeats)
-    kernel = "fused CPU kernel" if device.type == "cpu" and fast_render.library() is not None else "PyTorch"
+    if args.render != "fused":
+        kernel = f"PyTorch ({args.render})"
+    elif device.type == "cpu":
+        kernel = "fused CPU kernel" if fast_render.library() is not None else "PyTorch"
+    else:
+        kernel = "Triton kernel" if triton_render.unavailable_reason() is None else \
+            f"PyTorch ({triton_render.unavailable_reason()})"
     print(f"device {device}, threads {torch.get_num_threads()}, LR {w}x{h}, amp {args.amp}, "
           f"median of {args.repeats}; fp32 matmul: {peak:.1f} GFLOP/s; LMF render: {kernel}")
 
@@ -124,9 +134,12 @@ def main() -> None:
         ap.error(f"unknown model {', '.join(unknown)}; choose from {', '.join(SPECS)}")
     for name in names:
         model = models.make(SPECS[name]).to(device).eval()
+        if args.render == "compile":
+            model.render = torch.compile(model.render)
         params = sum(p.numel() for p in model.parameters())
         dec_params = params - sum(p.numel() for p in model.encoder.parameters())
-        with torch.no_grad(), ctx():
+        eager = fast_render.disabled() if args.render != "fused" else contextlib.nullcontext()
+        with torch.no_grad(), ctx(), eager:
             feat = model.encode(inp)
             if enc_time is None:
                 enc_time = timed(lambda: model.encode(inp), device, args.repeats)

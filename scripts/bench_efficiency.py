@@ -40,7 +40,10 @@ def worker(args: argparse.Namespace) -> None:
     from models.inference import clip_cell
     from utils.coords import make_cell, make_coord
 
+    from utils.devices import no_tf32
+
     device = torch.device(args.device)
+    no_tf32()  # exact fp32 on CUDA (TF32 off for matmuls and cuDNN convolutions)
     if args.threads:
         torch.set_num_threads(args.threads)
     w, h = (int(v) for v in args.lr_size.split("x"))

@@ -18,6 +18,17 @@ DATA = SHARED / "data"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+from utils.devices import TEST_DEVICE_ENV, no_tf32, test_device  # noqa: E402
+
+# Device of the device-aware tests (golden, Triton, train/resume): $LMF_TEST_DEVICE, default cpu.
+# On CUDA, exact fp32 needs TF32 off for matmuls *and* cuDNN convolutions (PyTorch allows TF32
+# in cuDNN convolutions by default): without that the golden outputs are off by ~1e-3.
+try:
+    DEVICE = test_device()
+except ValueError as exc:
+    pytest.exit(f"error: {exc}", returncode=2)
+no_tf32()
+
 
 def need(path: Path) -> Path:
     """Skip the calling test when a shared file/folder is absent (a user's fresh clone)."""

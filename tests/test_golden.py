@@ -1,8 +1,12 @@
-"""Golden tests: the official LMF code's outputs reproduced on the CPU, on both render paths.
+"""Golden tests: the official LMF code's outputs reproduced, on both render paths.
 
 Two fixture sets of the same 28 cases (see their READMEs): ``tests/fixtures/official-tiny``
 (tiny EDSR-baseline encoders, kept in the repository, so these run on every clone) and the
 full-size ``../shared/fixtures/official`` (an extra check that skips when ``../shared`` is absent).
+
+Device: ``LMF_TEST_DEVICE`` (default cpu; e.g. ``LMF_TEST_DEVICE=cuda python -m pytest
+tests/test_golden.py``). On CUDA the tolerance holds only with TF32 off for matmuls *and* cuDNN
+convolutions (cuDNN convolutions use TF32 by default): conftest turns both off (``no_tf32``).
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import torch
 import yaml
 
 import models
-from conftest import FIXTURES, need
+from conftest import DEVICE, FIXTURES, need
 from utils.coords import make_cell, make_coord
 
 TOL = 1e-4
@@ -46,7 +50,7 @@ def _model(folder: Path, case: dict) -> torch.nn.Module:
     if case["cmsr"]:
         table = yaml.safe_load((folder / case["cmsr"]["s2m_table_file"]).read_text())
         cmsr = {"mse_threshold": case["cmsr"]["mse_threshold"], "s2m_tables": table}
-    return models.load_model(ckpt, cmsr_spec=cmsr, eval_mode=case["mode"] == "eval")
+    return models.load_model(ckpt, device=DEVICE, cmsr_spec=cmsr, eval_mode=case["mode"] == "eval")
 
 
 def _params(select=lambda c: True, limit: int | None = None) -> list:
@@ -74,21 +78,22 @@ def test_full_fixtures_present_or_skipped():
 def test_golden_case(folder, case):
     exp = _expected(folder)
     model = _model(folder, case)
-    coord, cell = exp[case["coord_key"]], exp[case["cell_key"]]
+    coord, cell = exp[case["coord_key"]].to(DEVICE), exp[case["cell_key"]].to(DEVICE)
+    inp = exp["input"].to(DEVICE)
     if case["mode"] == "train":
-        idx = exp[case["query_index_key"]]
+        idx = exp[case["query_index_key"]].to(DEVICE)
         coord, cell = coord[:, idx], cell[:, idx]
-        out = model(exp["input"], coord, cell)
+        out = model(inp, coord, cell)
         assert out.requires_grad
     else:
         with torch.no_grad():
             stats: dict = {}
-            out = model(exp["input"], coord, cell, stats=stats)
+            out = model(inp, coord, cell, stats=stats)
         if case["cmsr"]:
             assert 0.0 <= stats["cmsr_skipped_fraction"] <= 1.0
     ref = exp[case["key"]]
     assert out.shape == ref.shape
-    diff = (out.detach() - ref).abs().max().item()
+    diff = (out.detach().cpu() - ref).abs().max().item()
     assert diff <= TOL, f"max |diff| {diff:.3g} > {TOL}"
 
 
@@ -97,12 +102,12 @@ def test_golden_with_own_grid_and_small_chunks(folder, case):
     """Our own grid/cell functions and chunked decoding give the same outputs."""
     exp = _expected(folder)
     h, w = case["out_hw"]
-    coord = make_coord((h, w)).unsqueeze(0)
-    cell = make_cell((h, w)).unsqueeze(0)
+    coord = make_coord((h, w), device=DEVICE).unsqueeze(0)
+    cell = make_cell((h, w), device=DEVICE).unsqueeze(0)
     model = _model(folder, case)
     with torch.no_grad():
-        out = model(exp["input"], coord, cell, bsize=777)
-    assert (out - exp[case["key"]]).abs().max().item() <= TOL
+        out = model(exp["input"].to(DEVICE), coord, cell, bsize=777)
+    assert (out.cpu() - exp[case["key"]]).abs().max().item() <= TOL
 
 
 @pytest.mark.parametrize("folder", list(SETS.values()), ids=list(SETS))
@@ -118,17 +123,18 @@ def test_own_grid_is_bit_exact(folder):
 
 @pytest.mark.parametrize("folder, case", _params(lambda c: c["mode"] == "eval" and c["model"].startswith("lm")))
 def test_golden_fused_kernel_equals_pytorch_path(folder, case):
-    """Where the fused CPU render kernel runs (default above), the layer-by-layer PyTorch path
-    gives the same outputs too: both reproduce the official outputs, and agree to 2e-5 (an
-    index flipped at a cell border would differ by far more)."""
+    """Where a fused render kernel runs (default above: C on the CPU, Triton on CUDA if
+    installed), the layer-by-layer PyTorch path gives the same outputs too: both reproduce the
+    official outputs, and agree to 2e-5 (an index flipped at a cell border would differ by far
+    more)."""
     from models import fast_render
 
     exp = _expected(folder)
     model = _model(folder, case)
-    coord, cell = exp[case["coord_key"]], exp[case["cell_key"]]
+    coord, cell, inp = (exp[k].to(DEVICE) for k in (case["coord_key"], case["cell_key"], "input"))
     with torch.no_grad():
-        fused = model(exp["input"], coord, cell)
+        fused = model(inp, coord, cell).cpu()
         with fast_render.disabled():
-            plain = model(exp["input"], coord, cell)
+            plain = model(inp, coord, cell).cpu()
     assert (plain - exp[case["key"]]).abs().max().item() <= TOL
     assert (fused - plain).abs().max().item() <= 2e-5

@@ -1,4 +1,8 @@
-"""train.py: exact resume after SIGKILL, DDP (gloo, CPU) equals one process, clear errors."""
+"""train.py: exact resume after SIGKILL, DDP (gloo, CPU) equals one process, clear errors.
+
+The single-process runs take their device from ``LMF_TEST_DEVICE`` (default cpu); the DDP test
+is about gloo and stays on the CPU.
+"""
 from __future__ import annotations
 
 import os
@@ -12,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import DEVICE
 from helpers import tiny_lmliif, smooth_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +51,8 @@ def _config(tmp: Path, epochs: int = 4, batch: int = 4, **over) -> Path:
 
 
 def _train(*args: str, timeout: int = 240, torchrun: int = 0) -> subprocess.CompletedProcess:
+    if "--device" not in args:
+        args = (*args, "--device", "cpu" if torchrun else str(DEVICE))
     cmd = [sys.executable, "train.py", *args]
     if torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}",
@@ -64,7 +71,8 @@ def test_kill_and_resume_gives_the_same_weights(tmp_path):
     assert "val: psnr=" in full.stdout
 
     # the same run, killed with SIGKILL once it has saved epoch 2, then resumed
-    cmd = [sys.executable, "train.py", "--config", str(cfg), "--name", "cut", "--save-root", str(tmp_path / "save")]
+    cmd = [sys.executable, "train.py", "--config", str(cfg), "--name", "cut", "--save-root", str(tmp_path / "save"),
+           "--device", str(DEVICE)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     log = tmp_path / "save" / "cut" / "log.txt"
     deadline = time.time() + 120
@@ -82,7 +90,10 @@ def test_kill_and_resume_gives_the_same_weights(tmp_path):
     a, b = _weights(tmp_path / "save" / "full" / "epoch-last.pth"), _weights(last)
     assert a.keys() == b.keys()
     for k in a:
-        assert torch.equal(a[k], b[k]), k
+        if DEVICE.type == "cpu":
+            assert torch.equal(a[k], b[k]), k
+        else:  # CUDA backward passes accumulate with atomics: same run, last-bit differences
+            assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0), (k, (a[k] - b[k]).abs().max())
     # the official layout is kept, and the checkpoint loads for inference
     import models
     assert models.load_model(last) is not None
@@ -132,12 +143,13 @@ def test_errors_are_one_clear_line(tmp_path, case):
     assert "Traceback" not in r.stderr
 
 
-def test_bf16_autocast_trains_on_the_cpu_and_fp16_is_refused(tmp_path):
+def test_bf16_autocast_trains_and_fp16_is_refused_on_the_cpu(tmp_path):
     cfg = _config(tmp_path, epochs=1)
     r = _train("--config", str(cfg), "--save-root", str(tmp_path / "save"), "--name", "bf16", "--amp", "bf16")
     assert r.returncode == 0, r.stderr[-2000:]
     sd = _weights(tmp_path / "save" / "bf16" / "epoch-last.pth")
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in sd.values())  # fp32 master weights
-    r = _train("--config", str(cfg), "--save-root", str(tmp_path / "save"), "--name", "fp16", "--amp", "fp16",
-               "--device", "cpu")
-    assert r.returncode == 2 and "fp16 needs a CUDA device" in r.stderr
+    if DEVICE.type == "cpu":
+        r = _train("--config", str(cfg), "--save-root", str(tmp_path / "save"), "--name", "fp16", "--amp", "fp16",
+                   "--device", "cpu")
+        assert r.returncode == 2 and "fp16 needs a CUDA device" in r.stderr

@@ -1,0 +1,208 @@
+#!/usr/bin/env python
+"""The CUDA checks of docs/gpu.md in one prepared run (issue: the CUDA path verified and timed).
+
+    python scripts/gpu_check.py                        # on a CUDA machine: everything, ~5-7 min
+    python scripts/gpu_check.py --device cpu --quick   # dry run of every step on the CPU (small)
+    python scripts/gpu_check.py --steps golden,bench   # some steps only
+
+Steps (each a subprocess with its own timeout; a failing step does not stop the others):
+
+* ``env``     — GPU, driver, torch / triton versions;
+* ``golden``  — the golden, Triton and train/resume tests with ``LMF_TEST_DEVICE`` = the device
+  (TF32 off for matmuls and cuDNN convolutions, see tests/conftest.py), CMSR cases included;
+* ``train``   — the official EDSR-b LM-LIIF recipe shape (batch 16, 48x48 LR patches, 2304
+  queries) for a few short epochs on the shared training images, fp32 then ``--amp bf16``,
+  then a resume of the bf16 run for one more epoch: loss must fall, resume must resume;
+* ``cmsr``    — test.py with CMSR on Set5 x8 (bundled model) on the device;
+* ``bench``   — scripts/bench_decoder.py at 320x180, x4/x8/x12, fp32 and bf16 (CUDA events,
+  median of 20), LMF render fused (Triton), eager and eager under torch.compile;
+* ``encoder`` — scripts/bench_encoder.py (fp32 / bf16 / channels-last).
+
+Writes ``<out>/summary.md`` and one log per step (``--out``, default ``$OUT/gpu_check`` when
+``$OUT`` is set, else ``outputs/gpu_check``).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = ("env", "golden", "train", "cmsr", "bench", "encoder")
+
+
+def run(cmd: list[str], log: Path, timeout: float, env: dict | None = None) -> tuple[int, str, float]:
+    """Run ``cmd`` in the repository root; stdout+stderr to ``log``. (exit code, output, seconds)."""
+    t = time.time()
+    try:
+        p = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                           timeout=timeout)
+        code, out = p.returncode, p.stdout + p.stderr
+    except subprocess.TimeoutExpired as exc:
+        code = 124
+        out = ((exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")) \
+            + f"\n[timed out after {timeout:.0f}s]"
+    log.write_text(" ".join(cmd) + "\n\n" + out)
+    return code, out, time.time() - t
+
+
+def train_config(args: argparse.Namespace, folder: Path, epochs: int) -> Path:
+    """The official EDSR-b LM-LIIF recipe's shape, shortened (few iterations per epoch)."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "configs/train/train_edsr-baseline-lmliif.yaml").read_text())
+    train_dir = Path(args.data) / "train" / "BSD200"
+    if not train_dir.is_dir():  # no shared data on this machine: smooth synthetic images
+        sys.path.insert(0, str(ROOT / "tests"))
+        from helpers import smooth_images
+
+        train_dir = smooth_images(folder / "synthetic", n=32, size=64 if args.quick else 192)
+    quick = args.quick
+    cfg["train_dataset"]["dataset"]["args"] = {"root_path": str(train_dir), "repeat": 1 if quick else 4,
+                                               "first_k": 8 if quick else None, "cache": "in_memory"}
+    cfg["val_dataset"]["dataset"]["args"] = {"root_path": str(train_dir), "first_k": 4, "repeat": 2,
+                                             "cache": "in_memory"}
+    for part in ("train_dataset", "val_dataset"):
+        if quick:
+            cfg[part]["wrapper"]["args"].update(inp_size=16, sample_q=256)
+            cfg[part]["batch_size"] = 4
+    cfg["train_dataset"]["dataset"]["args"] = {k: v for k, v in cfg["train_dataset"]["dataset"]["args"].items()
+                                               if v is not None}
+    cfg.update(epoch_max=epochs, epoch_val=1, epoch_save=1000, num_workers=2 if quick else 8, seed=0)
+    cfg["multi_step_lr"] = {"milestones": [1000], "gamma": 0.5}
+    cfg["optimizer"]["args"]["lr"] = 4e-4  # a few hundred iterations: a larger step than the recipe's
+    path = folder / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def losses(log_text: str) -> list[float]:
+    return [float(x) for x in re.findall(r"epoch \d+/\d+, train: loss=([0-9.]+)", log_text)]
+
+
+def epoch_seconds(log_text: str) -> list[float]:
+    return [float(x) for x in re.findall(r"train: loss=[0-9.]+.*?, ([0-9.]+)s \(total", log_text)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--quick", action="store_true", help="small sizes (a CPU dry run of every step)")
+    ap.add_argument("--steps", default=",".join(STEPS))
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="shared data folder")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    steps = args.steps.split(",")
+    bad = [s for s in steps if s not in STEPS]
+    if bad:
+        ap.error(f"unknown step {', '.join(bad)}; choose from {', '.join(STEPS)}")
+    out = Path(args.out or (Path(os.environ["OUT"]) / "gpu_check" if os.environ.get("OUT") else ROOT / "outputs" / "gpu_check"))
+    out.mkdir(parents=True, exist_ok=True)
+    py, dev, quick = sys.executable, args.device, args.quick
+    lines = [f"# gpu_check {datetime.datetime.now().isoformat(timespec='seconds')}, device {dev}"
+             f"{' (quick)' if quick else ''}", ""]
+
+    def report(name: str, code: int, secs: float, text: str = "") -> None:
+        status = "ok" if code == 0 else ("TIMEOUT" if code == 124 else f"FAILED ({code})")
+        lines.append(f"## {name}: {status}, {secs:.0f}s")
+        if text:
+            lines.extend(["", text.rstrip(), ""])
+        print(f"{name}: {status}, {secs:.0f}s", flush=True)
+        (out / "summary.md").write_text("\n".join(lines) + "\n")
+
+    if "env" in steps:
+        code, text, secs = run([py, "-c", "import torch, platform; print('torch', torch.__version__, 'cuda', "
+                                "torch.version.cuda, 'device', torch.cuda.get_device_name(0) if torch.cuda.is_available() "
+                                "else 'none', platform.processor());\ntry:\n import triton; print('triton', triton.__version__)\n"
+                                "except ImportError as e: print('triton missing:', e)"], out / "env.log", 300)
+        if shutil.which("nvidia-smi"):
+            text += subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv"],
+                                   capture_output=True, text=True).stdout
+        report("env", code, secs, "```\n" + text.strip() + "\n```")
+
+    if "golden" in steps:
+        sel = ["tests/test_golden.py", "tests/test_triton_render.py", "tests/test_train.py", "-k", "not ddp"]
+        if quick:
+            sel = ["tests/test_golden.py", "tests/test_triton_render.py", "-k", "48x64 or border"]
+        code, text, secs = run([py, "-m", "pytest", "-q", "-rs", *sel], out / "golden.log", 400 if not quick else 900,
+                               env={"LMF_TEST_DEVICE": dev})
+        report("golden", code, secs, "```\n" + "\n".join(text.strip().splitlines()[-12:]) + "\n```")
+
+    if "train" in steps:
+        folder = out / "train"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        epochs = 2 if quick else 3
+        cfg = train_config(args, folder, epochs)
+        rows = []
+        worst, total = 0, 0.0
+        for amp in ("none", "bf16"):
+            cmd = [py, "train.py", "--config", str(cfg), "--name", f"smoke-{amp}", "--save-root", str(folder),
+                   "--device", dev, "--amp", amp]
+            code, text, secs = run(cmd, out / f"train-{amp}.log", 300)
+            total += secs
+            ls = losses(text)
+            ok = code == 0 and len(ls) == epochs and ls[-1] < ls[0]
+            worst = worst or (0 if ok else (code or 1))
+            rows.append(f"| {amp} | {' -> '.join(f'{v:.4f}' for v in ls)} | "
+                        f"{', '.join(f'{v:.1f}' for v in epoch_seconds(text))} | {'falls' if ok else 'NO'} |")
+        # resume the bf16 run for one more epoch
+        cfg2 = folder / "train-resume.yaml"
+        cfg2.write_text(cfg.read_text().replace(f"epoch_max: {epochs}", f"epoch_max: {epochs + 1}"))
+        cmd = [py, "train.py", "--config", str(cfg2), "--name", "smoke-bf16", "--save-root", str(folder),
+               "--device", dev, "--amp", "bf16", "--resume"]
+        code, text, secs = run(cmd, out / "train-resume.log", 200)
+        total += secs
+        resumed = code == 0 and f"resumed from epoch {epochs}" in text and len(losses(text)) == 1
+        worst = worst or (0 if resumed else (code or 1))
+        table = ["| amp | loss per epoch | s per epoch | |", "|---|---|---|---|", *rows, "",
+                 f"resume (bf16, epoch {epochs} -> {epochs + 1}): {'ok' if resumed else 'FAILED'}"]
+        report("train", worst, total, "\n".join(table))
+
+    if "cmsr" in steps:
+        table = ROOT / "weights" / "cmsr_lmliif_edsr-b_cpu.yaml"
+        cfg = ROOT / "configs/test/test-set5.yaml"
+        if not (Path(args.data) / "benchmark" / "Set5").is_dir():
+            report("cmsr", 0, 0, f"skipped: no Set5 under {args.data} (the golden CMSR cases ran in 'golden')")
+        else:
+            data_cfg = out / "test-set5.yaml"
+            data_cfg.write_text(cfg.read_text().replace("../shared/data", str(Path(args.data).resolve())))
+            cmd = [py, "test.py", "--config", str(data_cfg), "--model", "weights/lmliif_edsr-b_cpu.pth",
+                   "--scales", "8", "--device", dev, "--cmsr", str(table)] + (["--limit", "1"] if quick else [])
+            code, text, secs = run(cmd, out / "cmsr.log", 200)
+            report("cmsr", code, secs, "```\n" + "\n".join(text.strip().splitlines()[-6:]) + "\n```")
+
+    if "bench" in steps:
+        size, reps = ("40x30", "2") if quick else ("320x180", "20")
+        base = [py, "scripts/bench_decoder.py", "--device", dev, "--lr-size", size, "--repeats", reps]
+        if quick:
+            base += ["--models", "LM-LIIF,LM-LTE", "--scales", "4"]
+        worst, texts, total = 0, [], 0.0
+        for label, extra in (("fp32, fused", []), ("bf16, fused", ["--amp", "bf16"]),
+                             ("fp32, eager", ["--render", "eager", "--models", "LM-LIIF,LM-LTE"]),
+                             ("bf16, eager", ["--render", "eager", "--amp", "bf16", "--models", "LM-LIIF,LM-LTE"]),
+                             ("fp32, torch.compile", ["--render", "compile", "--models", "LM-LIIF", "--scales", "4"])):
+            code, text, secs = run(base + extra, out / f"bench-{label.replace(', ', '-').replace('.', '')}.log",
+                                   240)
+            worst, total = worst or code, total + secs
+            texts.append(f"### {label}\n\n" + text.strip())
+        report("bench", worst, total, "\n\n".join(texts))
+
+    if "encoder" in steps:
+        size = "40x30" if quick else "320x180"
+        cmd = [py, "scripts/bench_encoder.py", "--device", dev, "--lr-size", size, "--repeats", "2" if quick else "20"]
+        if quick:
+            cmd += ["--encoders", "edsr-b"]
+        code, text, secs = run(cmd, out / "encoder.log", 240)
+        report("encoder", code, secs, text.strip())
+    print(f"wrote {out / 'summary.md'}")
+
+
+if __name__ == "__main__":
+    main()

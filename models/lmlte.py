@@ -26,11 +26,7 @@ class LMLTE(ImplicitDecoder):
 
     def chunk_size(self, lat: Latent) -> int:
         # the fused kernel keeps nothing per query but the output: large chunks, less overhead
-        return fast_render.FUSED_BSIZE if self._fused(lat) else self.default_bsize
-
-    def _fused(self, lat: Latent) -> bool:
-        """Whether :meth:`render` runs in the fused kernel (LM-LTE's: Fourier inputs up to 128)."""
-        return self.imnet.fused(lat.mods) and self.code_dim <= fast_render.LTE_MAX_INPUT
+        return fast_render.FUSED_BSIZE if self.imnet.fused(lat.mods, in_width=self.code_dim) else self.default_bsize
 
     def __init__(self, encoder_spec: Mapping[str, Any], imnet_spec: Mapping[str, Any] | None = None,
                  hypernet_spec: Mapping[str, Any] | None = None, hidden_dim: int = 128,
@@ -73,7 +69,7 @@ class LMLTE(ImplicitDecoder):
 
     def render(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         h, w = lat.hw
-        if self._fused(lat) and not coord.requires_grad:
+        if self.imnet.fused(lat.mods, coord, cell, in_width=self.code_dim):
             if self.cell_decode:
                 phase_fn = self.imphase if self.mod_input else self.phase
                 phase = phase_fn(Q.rel_cell(cell, h, w))

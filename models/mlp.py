@@ -110,7 +110,7 @@ class ModulatedMLP(nn.Module):
         """
         hd = self.hidden_dim
         w0 = self.hidden(0).weight if layer0_weight is None else layer0_weight
-        if fast_render.usable(x, folded, hd):
+        if fast_render.use_kernel(hd, folded, x):
             last = self.layers[-1]
             return fast_render.render16(x, folded, index, w0, [self.hidden(l).weight for l in range(1, self.hidden_depth)],
                                         last.weight, last.bias)
@@ -140,9 +140,10 @@ class ModulatedMLP(nn.Module):
                            Q.flat_index(lookup.index, tables.shape[2]), layer0_weight=w0)
         return Q.ensemble(pred.view(b, k, q, -1), lookup)
 
-    def fused(self, tables: torch.Tensor) -> bool:
-        """Whether :meth:`render_at` (and :meth:`render`) will run in the fused CPU kernel."""
-        return fast_render.usable(tables, tables, self.hidden_dim)
+    def fused(self, tables: torch.Tensor, *inputs: torch.Tensor | None, in_width: int = 0) -> bool:
+        """Whether a render call with these tables and per-query inputs runs in the fused CPU
+        kernel (:func:`fast_render.use_kernel`, the one place that decides)."""
+        return fast_render.use_kernel(self.hidden_dim, tables, *inputs, in_width=in_width)
 
     def render_at(self, coord: torch.Tensor, tables: torch.Tensor, hw: tuple[int, int],
                   local_ensemble: bool, cell: torch.Tensor | None = None,
@@ -154,7 +155,7 @@ class ModulatedMLP(nn.Module):
         """
         h, w = hw
         w0 = self.hidden(0).weight if layer0_weight is None else layer0_weight
-        if fast_render.usable(coord, tables, self.hidden_dim) and (cell is None or not cell.requires_grad):
+        if self.fused(tables, coord, cell):
             last = self.layers[-1]
             return fast_render.query16(coord, cell, tables, h, w, local_ensemble, w0,
                                        [self.hidden(l).weight for l in range(1, self.hidden_depth)],

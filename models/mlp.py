@@ -3,7 +3,7 @@
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -31,6 +31,14 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape[:-1]
         return self.layers(x.reshape(-1, x.shape[-1])).view(*shape, -1)
+
+
+def lm_dims(spec: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(hidden_dim, hidden_depth, mod_dim) of an ``lmmlp`` spec, as the official wrappers derive."""
+    a = spec.get("args", {})
+    hd, depth = int(a["hidden_dim"]), int(a["hidden_depth"])
+    per_layer = hd * (int(bool(a.get("mod_scale", True))) + int(bool(a.get("mod_shift", True))))
+    return hd, depth, per_layer * depth
 
 
 @register("lmmlp")
@@ -102,33 +110,33 @@ class ModulatedMLP(nn.Module):
             bias = torch.cat([layer0_bias.unsqueeze(0), bias[1:].expand(depth - 1, n, hd)], dim=0)
         return torch.cat([scale, bias * scale + shift], dim=-1).contiguous()
 
-    def render(self, x: torch.Tensor, folded: torch.Tensor, index: torch.Tensor | None = None,
+    def render(self, x: torch.Tensor, mods: torch.Tensor, index: torch.Tensor | None = None,
                layer0_weight: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-query pass: x (N, in); row ``index[i]`` of each folded table modulates row i.
+        """Per-query pass: x (N, in); row ``index[i]`` of each modulation table modulates row i.
 
-        ``folded`` is (depth, M, 2*hd) from :meth:`fold`; without ``index`` M must equal N.
+        ``mods`` is (depth, M, 2*hd) from :meth:`fold`; without ``index`` M must equal N.
         """
         hd = self.hidden_dim
         w0 = self.hidden(0).weight if layer0_weight is None else layer0_weight
-        if fast_render.use_kernel(hd, folded, x):
+        if fast_render.use_kernel(hd, mods, x):
             last = self.layers[-1]
-            return fast_render.render16(x, folded, index, w0, [self.hidden(l).weight for l in range(1, self.hidden_depth)],
+            return fast_render.render16(x, mods, index, w0, [self.hidden(l).weight for l in range(1, self.hidden_depth)],
                                         last.weight, last.bias)
         h = x @ w0.t()
         for l in range(self.hidden_depth):
             if l > 0:
                 h = h @ self.hidden(l).weight.t()
-            ac = folded[l] if index is None else folded[l].index_select(0, index)
+            ac = mods[l] if index is None else mods[l].index_select(0, index)
             h = torch.relu_(torch.addcmul(ac[:, hd:], h, ac[:, :hd]))
         return self.layers[-1](h)
 
-    def render_blend(self, x: torch.Tensor, tables: torch.Tensor, lookup: Q.Lookup,
+    def render_blend(self, x: torch.Tensor, mods: torch.Tensor, lookup: Q.Lookup,
                      shared: torch.Tensor | None = None,
                      layer0_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Render every query at its K neighbour cells and blend with the ensemble weights.
 
         x (B, K, Q, in_x) per-neighbour inputs; ``shared`` (B, Q, in_s) inputs common to the K
-        neighbours, appended after x; tables (depth, B, h*w, 2*hd) from :meth:`fold`;
+        neighbours, appended after x; mods (depth, B, h*w, 2*hd) from :meth:`fold`;
         ``lookup`` from :func:`query.locate`. Returns (B, Q, out_dim). (The rows go through
         :meth:`render`, i.e. the row kernel of ``fast_render`` where it applies.)
         """
@@ -136,36 +144,36 @@ class ModulatedMLP(nn.Module):
         b, k, q, _ = x.shape
         if shared is not None:
             x = torch.cat([x, shared.unsqueeze(1).expand(b, k, q, shared.shape[-1])], dim=-1)
-        pred = self.render(x.reshape(b * k * q, -1), tables.flatten(1, 2),
-                           Q.flat_index(lookup.index, tables.shape[2]), layer0_weight=w0)
+        pred = self.render(x.reshape(b * k * q, -1), mods.flatten(1, 2),
+                           Q.flat_index(lookup.index, mods.shape[2]), layer0_weight=w0)
         return Q.ensemble(pred.view(b, k, q, -1), lookup)
 
-    def fused(self, tables: torch.Tensor, *inputs: torch.Tensor | None, in_width: int = 0) -> bool:
-        """Whether a render call with these tables and per-query inputs runs in the fused CPU
-        kernel (:func:`fast_render.use_kernel`, the one place that decides)."""
-        return fast_render.use_kernel(self.hidden_dim, tables, *inputs, in_width=in_width)
+    def fused(self, mods: torch.Tensor, *inputs: torch.Tensor | None, in_width: int = 0) -> bool:
+        """Whether a render call with these modulation tables and per-query inputs runs in the
+        fused CPU kernel (:func:`fast_render.use_kernel`, the one place that decides)."""
+        return fast_render.use_kernel(self.hidden_dim, mods, *inputs, in_width=in_width)
 
-    def render_at(self, coord: torch.Tensor, tables: torch.Tensor, hw: tuple[int, int],
+    def render_at(self, coord: torch.Tensor, mods: torch.Tensor, hw: tuple[int, int],
                   local_ensemble: bool, cell: torch.Tensor | None = None,
                   layer0_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Render queries whose per-neighbour input is [relative coord, (relative cell)].
 
-        coord, cell (B, Q, 2); tables (depth, B, h*w, 2*hd). Look-up, render and blend: one
+        coord, cell (B, Q, 2); mods (depth, B, h*w, 2*hd). Look-up, render and blend: one
         fused kernel on the CPU without autograd, else :func:`query.locate` + :meth:`render_blend`.
         """
         h, w = hw
         w0 = self.hidden(0).weight if layer0_weight is None else layer0_weight
-        if self.fused(tables, coord, cell):
+        if self.fused(mods, coord, cell):
             last = self.layers[-1]
-            return fast_render.query16(coord, cell, tables, h, w, local_ensemble, w0,
+            return fast_render.query16(coord, cell, mods, h, w, local_ensemble, w0,
                                        [self.hidden(l).weight for l in range(1, self.hidden_depth)],
                                        last.weight, last.bias)
         lk = Q.locate(coord, h, w, local_ensemble)
         shared = None if cell is None else Q.rel_cell(cell, h, w)
-        return self.render_blend(lk.rel_coord, tables, lk, shared, layer0_weight=w0)
+        return self.render_blend(lk.rel_coord, mods, lk, shared, layer0_weight=w0)
 
     def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
         """Official call: x (..., in_dim) with one modulation vector per row (..., mod_dim)."""
         shape = x.shape[:-1]
-        folded = self.fold(mod.reshape(-1, mod.shape[-1]))
-        return self.render(x.reshape(-1, x.shape[-1]), folded).view(*shape, -1)
+        mods = self.fold(mod.reshape(-1, mod.shape[-1]))
+        return self.render(x.reshape(-1, x.shape[-1]), mods).view(*shape, -1)

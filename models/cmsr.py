@@ -7,6 +7,11 @@ each decode scale is accurate enough (built offline for an MSE threshold).
 
 Our version follows the official selection and merge rules exactly (so official tables give the
 official outputs) but always returns the target size and handles batches.
+
+This module sits above the decoders: it uses only their interface (``prepare``, ``query``,
+``decode``, ``chunk_size`` and the latent's ``complexity``), and :func:`render` /
+:func:`choose` are the one place that decides whether CMSR renders a call. Building tables is
+in :mod:`models.cmsr_calibration`.
 """
 from __future__ import annotations
 
@@ -24,8 +29,14 @@ from utils.errors import UserError
 
 from . import query as Q
 
+from .decoder import check_queries
+
 if TYPE_CHECKING:  # pragma: no cover
     from .decoder import ImplicitDecoder, Latent
+
+# CMSR acts only beyond the training range (scales up to x4), and the decode levels' cells are
+# clipped by max(d / TRAINING_SCALE, 1) as inference clips the target's.
+TRAINING_SCALE = 4
 
 
 def _number(x: Any, what: str) -> float:
@@ -193,7 +204,7 @@ class CMSR:
             cell = torch.full_like(pts, 0.0)
             cell[..., 0] = 2 / qh
             cell[..., 1] = 2 / qw
-            cell = cell * max(d / model.max_train_scale, 1)
+            cell = cell * max(d / TRAINING_SCALE, 1)
             pred = Q.stream(lambda c, ce: model.query(lat, c, ce), pts, cell, bsize)
             ret_flat = Q.sample_bilinear(ret, q_coord).clone()  # (1, qh*qw, 3)
             ret_flat[:, idx] = pred.to(ret_flat.dtype)
@@ -206,59 +217,37 @@ class CMSR:
         return out, cost
 
 
-# --- building Scale2Mod tables ------------------------------------------------------------------
-DEFAULT_DECODE_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+# --- the one decision and the rendering entry point ------------------------------------------
+def choose(model: "ImplicitDecoder", lat: "Latent", n_queries: int, cmsr: CMSR | bool | None = None) -> CMSR | None:
+    """The CMSR that renders ``n_queries`` queries per image of ``lat``, if any.
 
-
-@torch.no_grad()
-def calibrate_row(model: "ImplicitDecoder", lr_images: list[torch.Tensor], scale: float, mse_threshold: float,
-                  decode_scales: tuple[float, ...] = DEFAULT_DECODE_SCALES, step: float = 0.01,
-                  bsize: int | None = None, row: dict[float, float] | None = None) -> dict[float, float]:
-    """One S2M row for target ``scale``: for each decode scale d < scale, the largest modulation
-    mean up to which rendering at d (then bilinear upsampling) matches full rendering within
-    ``mse_threshold`` (MSE in the model's normalised [-1, 1] space, as the official tables).
-
-    Follows the official procedure with three fixes (docs/differences.md): the modulation means are
-    split into contiguous bins of width ``step`` (the official code only tests ±0.001 windows
-    around each sample value); a decode scale at which no further bin passes gets the previous
-    level's bound (officially it keeps its initial 1, i.e. "render everything there" — the
-    opposite); and decode levels are rendered with the clipped cells that inference uses.
-    ``lr_images``: normalised (1, 3, h, w) tensors. Images combine by the minimum per entry.
+    ``cmsr``: None/True = the model's own (its official ``cmsr_spec``), False = off, or a CMSR.
+    It acts only in eval mode, for models with modulations (``lat.complexity``), beyond the
+    training range (Q > 4² h w, strictly).
     """
-    from utils.coords import make_cell, make_coord
+    own = getattr(model, "cmsr", None)
+    chosen = own if cmsr is None or cmsr is True else (cmsr or None)
+    h, w = lat.hw
+    if chosen is None or lat.complexity is None or model.training or n_queries <= TRAINING_SCALE ** 2 * h * w:
+        return None
+    return chosen
 
-    candidates = [d for d in decode_scales if d < scale]
-    row = dict(row) if row else {d: 1.0 for d in candidates}
-    bsize = bsize or model.default_bsize
-    for lr in lr_images:
-        h, w = lr.shape[-2:]
-        H, W = round(h * scale), round(w * scale)
-        clip = max(scale / model.max_train_scale, 1)
-        coord = make_coord((H, W), device=lr.device).unsqueeze(0)
-        cell = make_cell((H, W), device=lr.device).unsqueeze(0) * clip
-        lat = model.prepare(lr, cell)
-        ref = model.decode(lat, coord, cell, bsize=bsize, cmsr=False)[0]
-        row_idx, col_idx = Q.nearest_cell(coord, h, w)
-        mu = lat.complexity.reshape(-1)[(row_idx * w + col_idx).view(-1)]
-        bins = torch.floor(mu / step).long()
-        remaining = sorted(set(bins.tolist()))
-        bound = 0.0  # the bound reached so far for this image (a level passing nothing keeps it)
-        for d in candidates:
-            qh, qw = int(h * d), int(w * d)
-            q_coord = make_coord((qh, qw), device=lr.device).unsqueeze(0)
-            q_cell = make_cell((qh, qw), device=lr.device).unsqueeze(0) * max(d / model.max_train_scale, 1)
-            low = model.decode(lat, q_coord, q_cell, bsize=bsize, cmsr=False)
-            up = Q.sample_bilinear(low.view(1, qh, qw, 3).permute(0, 3, 1, 2), coord)[0]
-            err = ((up - ref) ** 2).mean(-1)
-            for b in list(remaining):
-                if err[bins == b].mean().item() > mse_threshold:
-                    break
-                remaining.remove(b)
-                bound = (b + 1) * step
-            row[d] = min(row.get(d, 1.0), bound)
-        for d in candidates:  # thresholds never decrease with the decode scale
-            for e in candidates:
-                if e < d and row[e] > row[d]:
-                    row[e] = row[d]
-    row[float(scale)] = 1.0
-    return dict(sorted(row.items()))
+
+def decode(model: "ImplicitDecoder", lat: "Latent", coord: torch.Tensor, cell: torch.Tensor,
+           bsize: int | None = None, cmsr: CMSR | bool | None = None, stats: dict | None = None) -> torch.Tensor:
+    """``model.decode`` with multi-scale rendering where :func:`choose` says so."""
+    check_queries(lat.inp, coord, cell)
+    active = choose(model, lat, coord.shape[1], cmsr)
+    if active is None:
+        return model.decode(lat, coord, cell, bsize)
+    return active.decode(model, lat, coord, bsize or model.chunk_size(lat), stats)
+
+
+def render(model: "ImplicitDecoder", inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor,
+           bsize: int | None = None, cmsr: CMSR | bool | None = None, stats: dict | None = None,
+           feat: torch.Tensor | None = None) -> torch.Tensor:
+    """The forward pass (normalised ``inp`` (B, 3, h, w); coord/cell (B, Q, 2) -> (B, Q, 3)) with
+    CMSR where it applies; ``stats`` receives the skipped-render fraction; ``feat`` the encoder's
+    output when the caller has it."""
+    check_queries(inp, coord, cell)
+    return decode(model, model.prepare(inp, cell, feat), coord, cell, bsize, cmsr, stats)

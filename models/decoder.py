@@ -8,6 +8,8 @@ Every decoder splits its work into three stages that the benchmarks time separat
 * :meth:`render` — per-query work for one chunk of queries, through the shared query engine.
 
 No per-call state is kept on the module: the latent is returned and passed along explicitly.
+This module knows nothing of CMSR: multi-scale rendering (:mod:`models.cmsr`) sits above it
+and uses :meth:`prepare`, :meth:`query`, :meth:`decode` and :meth:`chunk_size`.
 """
 from __future__ import annotations
 
@@ -18,7 +20,6 @@ import torch
 import torch.nn as nn
 
 from . import query as Q
-from .cmsr import CMSR
 
 
 @dataclass
@@ -26,9 +27,9 @@ class Latent:
     """Per-LR-cell state of one forward pass."""
 
     inp: torch.Tensor                       # (B, 3, h, w) normalised LR input
-    table: torch.Tensor                     # (B, h*w, C) per-cell rows gathered per query
-    mods: torch.Tensor | None = None        # (depth, B, h*w, 2*hd) folded render modulations
-    complexity: torch.Tensor | None = None  # (B, 1, h, w) CMSR's mean |shift modulation|
+    rows: torch.Tensor | None = None        # (B, h*w, C) per-cell rows gathered per query
+    mods: torch.Tensor | None = None        # (depth, B, h*w, 2*hd) folded modulation tables (LMF)
+    complexity: torch.Tensor | None = None  # (B, 1, h, w) mean |shift modulation| (CMSR's measure)
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -36,7 +37,7 @@ class Latent:
 
     def image(self, i: int) -> "Latent":
         """The latent of image ``i`` of the batch."""
-        return Latent(self.inp[i:i + 1], self.table[i:i + 1],
+        return Latent(self.inp[i:i + 1], None if self.rows is None else self.rows[i:i + 1],
                       None if self.mods is None else self.mods[:, i:i + 1],
                       None if self.complexity is None else self.complexity[i:i + 1])
 
@@ -46,14 +47,12 @@ class ImplicitDecoder(nn.Module):
 
     residual = False          # add the bilinear LR residual (LTE, LM-LTE)
     default_bsize = Q.DEFAULT_BSIZE
-    max_train_scale = 4       # CMSR only acts beyond this scale (the training range)
 
-    def __init__(self, encoder_spec: Mapping[str, Any], cmsr_spec: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, encoder_spec: Mapping[str, Any]) -> None:
         super().__init__()
         from .registry import make  # late import: the registry module imports nothing from here
 
         self.encoder = make(encoder_spec)
-        self.cmsr = CMSR.from_spec(cmsr_spec) if cmsr_spec is not None else None
 
     #: "fp32" (default) or "bf16": the encoder under bfloat16 autocast on a channels-last input,
     #: features returned in fp32 contiguous (the latent and render stages stay fp32).
@@ -78,8 +77,9 @@ class ImplicitDecoder(nn.Module):
         raise NotImplementedError
 
     # -- composition ----------------------------------------------------------------------
-    def prepare(self, inp: torch.Tensor, cell: torch.Tensor) -> Latent:
-        return self.latent(self.encode(inp), inp, cell)
+    def prepare(self, inp: torch.Tensor, cell: torch.Tensor, feat: torch.Tensor | None = None) -> Latent:
+        """Encoder (unless its output ``feat`` is given) and latent stage."""
+        return self.latent(self.encode(inp) if feat is None else feat, inp, cell)
 
     def query(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         out = self.render(lat, coord, cell)
@@ -87,13 +87,9 @@ class ImplicitDecoder(nn.Module):
             out = out + Q.sample_bilinear(lat.inp, coord)
         return out
 
-    def decode(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor, bsize: int | None = None,
-               cmsr: CMSR | bool | None = None, stats: dict | None = None) -> torch.Tensor:
+    def decode(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor, bsize: int | None = None) -> torch.Tensor:
         """All queries of ``coord``/``cell`` (B, Q, 2) -> (B, Q, 3), in chunks of ``bsize``."""
-        _check_queries(lat.inp, coord, cell)
-        active = self.active_cmsr(lat, coord.shape[1], cmsr)
-        if active is not None:
-            return active.decode(self, lat, coord, bsize or self.chunk_size(lat), stats)
+        check_queries(lat.inp, coord, cell)
         if self.training and bsize is None:
             return self.query(lat, coord, cell)
         return Q.stream(lambda c, ce: self.query(lat, c, ce), coord, cell, bsize or self.chunk_size(lat))
@@ -102,32 +98,14 @@ class ImplicitDecoder(nn.Module):
         """Queries per chunk when the caller gives no ``bsize`` (bounds per-chunk memory)."""
         return self.default_bsize
 
-    def active_cmsr(self, lat: Latent, n_queries: int, cmsr: CMSR | bool | None = None) -> CMSR | None:
-        """The CMSR that applies to ``n_queries`` queries per image, if any.
-
-        ``cmsr``: None/True = the model's own (``cmsr_spec``), False = off, or a CMSR. It acts
-        only in eval mode, for LMF models, beyond the training range (Q > 4² h w, strictly).
-        """
-        chosen = self.cmsr if cmsr is None or cmsr is True else (cmsr or None)
-        h, w = lat.hw
-        if chosen is None or lat.complexity is None or self.training \
-                or n_queries <= (self.max_train_scale ** 2) * h * w:
-            return None
-        return chosen
-
     def forward(self, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor,
-                bsize: int | None = None, cmsr: CMSR | bool | None = None,
-                stats: dict | None = None, feat: torch.Tensor | None = None) -> torch.Tensor:
+                bsize: int | None = None, feat: torch.Tensor | None = None) -> torch.Tensor:
         """``inp`` (B, 3, h, w) normalised; ``coord``/``cell`` (B, Q, 2) -> RGB (B, Q, 3).
 
-        ``cmsr``: None uses the model's own setting (``cmsr_spec``), False disables it, or a
-        :class:`CMSR`. ``stats`` (a dict) receives CMSR's skipped-render fraction. ``feat``: the
-        encoder's output for ``inp`` when the caller already has it (training with a frozen,
-        cached encoder); the encoder is then not run.
-        """
-        _check_queries(inp, coord, cell)
-        lat = self.latent(feat, inp, cell) if feat is not None else self.prepare(inp, cell)
-        return self.decode(lat, coord, cell, bsize, cmsr, stats)
+        ``feat``: the encoder's output for ``inp`` when the caller already has it (training with
+        a frozen, cached encoder); the encoder is then not run."""
+        check_queries(inp, coord, cell)
+        return self.decode(self.prepare(inp, cell, feat), coord, cell, bsize)
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -155,7 +133,7 @@ def set_encoder_precision(model: nn.Module, precision: str) -> nn.Module:
     return model
 
 
-def _check_queries(inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> None:
+def check_queries(inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> None:
     if inp.dim() != 4:
         raise ValueError(f"inp must be (B, C, h, w), got shape {tuple(inp.shape)}")
     if coord.dim() != 3 or coord.shape[-1] != 2 or coord.shape[0] != inp.shape[0]:

@@ -11,11 +11,14 @@ pool of ``torch.get_num_threads()`` workers.
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
 import os
 import platform
+import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -23,18 +26,20 @@ import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 HIDDEN = 16
 _SOURCE = Path(__file__).with_name("kernels") / "render16.c"
 _MIN_ROWS_PER_THREAD = 4096
+LTE_MAX_INPUT = 128  # widest Fourier input of the LM-LTE kernel
 FUSED_BSIZE = 1 << 20  # default query chunk of decoders whose render runs here (output only: 12 MB)
 
 _lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
+_lib: _Library | None = None
 _failed = False
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
@@ -43,20 +48,48 @@ _disabled = threading.local()
 
 
 def _cache_dir() -> Path:
-    """``$LMF_CACHE_DIR``, else ``$XDG_CACHE_HOME`` or ``~/.cache``, + ``/lmf-sr``; if that cannot
-    be created (read-only home), a per-user folder in the system temp dir."""
+    """Where the compiled kernel is kept: ``$LMF_CACHE_DIR``, else ``$XDG_CACHE_HOME`` or
+    ``~/.cache``, + ``/lmf-sr``; if that cannot be used, ``<system temp>/lmf-sr-<uid>``.
+
+    A folder is used only if it is a real folder (not a link) owned by this user and writable by
+    no one else: the library in it is loaded into this process, so anyone who could write there
+    could run code as this user (e.g. by creating ``/tmp/lmf-sr-<uid>`` first). When neither
+    folder qualifies the kernel is built in a fresh private temp folder, removed at exit.
+    """
     root = os.environ.get("LMF_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    folder = Path(root) / "lmf-sr"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if os.access(folder, os.W_OK):
-            return folder
-    except OSError:
-        pass
     user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
-    folder = Path(tempfile.gettempdir()) / f"lmf-sr-{user}"
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return folder
+    for folder in (Path(root) / "lmf-sr", Path(tempfile.gettempdir()) / f"lmf-sr-{user}"):
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if private_folder(folder):
+            return folder
+    return _fresh_private_dir()
+
+
+def private_folder(folder: Path) -> bool:
+    """A real folder, owned by this user, not writable by group or others, writable by us."""
+    try:
+        st = os.lstat(folder)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode) or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return False
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        return False
+    return os.access(folder, os.W_OK)
+
+
+_private_dir: Path | None = None
+
+
+def _fresh_private_dir() -> Path:
+    global _private_dir
+    if _private_dir is None:
+        _private_dir = Path(tempfile.mkdtemp(prefix="lmf-sr-"))  # mode 0700, a new name
+        atexit.register(shutil.rmtree, _private_dir, ignore_errors=True)
+    return _private_dir
 
 
 def _cpu_id() -> str:
@@ -77,7 +110,7 @@ def _compiler() -> str | None:
     return None
 
 
-def _build() -> ctypes.CDLL:
+def _build() -> _Library:
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (cc/gcc/clang)")
@@ -101,23 +134,89 @@ def _build() -> ctypes.CDLL:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    lib = ctypes.CDLL(str(target))
-    fn = lib.lmf_render16
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    fn.argtypes = [i64, i64, ptr, ptr, i64, ptr, i64, i64, ptr, ptr, i64, ptr, ptr, ptr]
-    fn.restype = ctypes.c_int
-    fn = lib.lmf_query16
-    fn.argtypes = [i64, ptr, i64, ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr,
-                   ctypes.c_float, i64, ptr, i64, i64, ptr, ptr, i64, ptr, ptr, ptr]
-    fn.restype = ctypes.c_int
-    fn = lib.lmf_lte16
-    fn.argtypes = [i64, ptr, i64, ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr,
-                   ctypes.c_float, ptr, i64, i64, ptr, i64, i64, ptr, ptr, i64, ptr, ptr, ptr]
-    fn.restype = ctypes.c_int
-    return lib
+    return _bind(ctypes.CDLL(str(target)))
 
 
-def library() -> ctypes.CDLL | None:
+# --- the typed binding ----------------------------------------------------------------------------
+# The C prototypes are the single declaration of every entry point's arguments: they are read
+# from the source, and calls pass arguments by name, so a renamed, added or reordered parameter
+# is a TypeError here instead of silently corrupted memory. Pointer arguments take tensors
+# (dtype checked; a view's data_ptr includes its offset, so no pointer arithmetic by hand).
+_SCALARS = {"int64_t": (ctypes.c_int64, int), "float": (ctypes.c_float, float)}
+_POINTEES = {"float": torch.float32, "int64_t": torch.int64}
+_PROTOTYPE = re.compile(r"^int\s+(lmf_\w+)\s*\(([^)]*)\)", re.M)
+_PARAM = re.compile(r"^(?:const\s+)?(int64_t|float)\s*(\*?)\s*(\w+)$")
+_ERRORS = {1: (ValueError, "input width not supported"),
+           2: (IndexError, "a cell index is outside the tables (or the h x w grid does not fit them)"),
+           3: (ValueError, "an argument is out of range")}
+
+
+@dataclass(frozen=True)
+class _Param:
+    name: str
+    ctype: type
+    dtype: torch.dtype | None  # the tensor dtype of a pointer argument; None for a scalar
+
+
+def signatures(source: str) -> dict[str, tuple[_Param, ...]]:
+    """``{entry point: parameters}`` from the C prototypes ``int lmf_*(...)`` of ``source``."""
+    out = {}
+    for name, params in _PROTOTYPE.findall(source):
+        parsed = []
+        for text in params.split(","):
+            m = _PARAM.match(" ".join(text.split()))
+            if m is None:
+                raise RuntimeError(f"{name}: cannot bind parameter {text.strip()!r}")
+            base, star, pname = m.groups()
+            parsed.append(_Param(pname, ctypes.c_void_p, _POINTEES[base]) if star
+                          else _Param(pname, _SCALARS[base][0], None))
+        out[name] = tuple(parsed)
+    return out
+
+
+class Kernel:
+    """One entry point of the compiled kernel, called with keyword arguments named as in C."""
+
+    def __init__(self, lib: ctypes.CDLL, name: str, params: tuple[_Param, ...]) -> None:
+        self.name, self.params = name, params
+        self.fn = getattr(lib, name)
+        self.fn.argtypes = [p.ctype for p in params]
+        self.fn.restype = ctypes.c_int
+
+    def __call__(self, **kwargs) -> None:
+        names = [p.name for p in self.params]
+        if set(kwargs) != set(names):
+            missing, extra = sorted(set(names) - set(kwargs)), sorted(set(kwargs) - set(names))
+            raise TypeError(f"{self.name}: missing arguments {missing}, unknown arguments {extra}")
+        values = [self._value(p, kwargs[p.name]) for p in self.params]
+        rc = self.fn(*values)
+        if rc != 0:
+            cls, what = _ERRORS.get(rc, (RuntimeError, f"error code {rc}"))
+            raise cls(f"fused render kernel {self.name}: {what}")
+
+    def _value(self, p: _Param, v):
+        if p.dtype is None:
+            return _SCALARS["float" if p.ctype is ctypes.c_float else "int64_t"][1](v)
+        if not isinstance(v, torch.Tensor) or v.dtype != p.dtype or v.device.type != "cpu":
+            raise TypeError(f"{self.name}: {p.name} must be a CPU {p.dtype} tensor, got "
+                            f"{type(v).__name__ if not isinstance(v, torch.Tensor) else (v.dtype, v.device.type)}")
+        return v.data_ptr()
+
+
+class _Library:
+    """The kernel's entry points as attributes (``lib.lmf_render16(n=..., ...)``)."""
+
+    def __init__(self, lib: ctypes.CDLL, source: str) -> None:
+        self._lib = lib  # keeps the shared object loaded
+        for name, params in signatures(source).items():
+            setattr(self, name, Kernel(lib, name, params))
+
+
+def _bind(lib: ctypes.CDLL) -> _Library:
+    return _Library(lib, _SOURCE.read_text())
+
+
+def library() -> _Library | None:
     """The compiled kernel, or None when it is disabled or cannot be built (warned once)."""
     global _lib, _failed
     if _lib is not None or _failed:
@@ -151,11 +250,20 @@ def forced_off() -> bool:
     return getattr(_disabled, "on", False)
 
 
-def usable(x: torch.Tensor, tables: torch.Tensor, hidden_dim: int) -> bool:
-    """Whether the kernel can compute this render call (else use the PyTorch path)."""
-    return (hidden_dim == HIDDEN and not forced_off() and tables.device.type == "cpu" and x.device.type == "cpu" and x.dtype == torch.float32
-            and tables.dtype == torch.float32 and tables.stride(-1) == 1
-            and not (torch.is_grad_enabled() and (x.requires_grad or tables.requires_grad))
+def use_kernel(hidden_dim: int, mods: torch.Tensor, *inputs: torch.Tensor | None, in_width: int = 0) -> bool:
+    """The one decision between the fused kernel and the PyTorch path of a render call.
+
+    ``mods`` are the folded modulation tables, ``inputs`` the per-query tensors of the call
+    (None ones are ignored), ``in_width`` the width of a computed MLP input (LM-LTE's Fourier
+    input, at most :data:`LTE_MAX_INPUT`). The kernel runs for hidden width 16, fp32 CPU
+    tensors, without autograd, unless it is turned off (``LMF_FAST_RENDER=0``, :func:`disabled`)
+    or cannot be built.
+    """
+    tensors = [mods, *(t for t in inputs if t is not None)]
+    return (hidden_dim == HIDDEN and in_width <= LTE_MAX_INPUT and not forced_off()
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and mods.stride(-1) == 1
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
             and library() is not None)
 
 
@@ -174,8 +282,9 @@ def _executor(n: int) -> ThreadPoolExecutor:
 
 
 def kernel_weights(x: torch.Tensor, w0: torch.Tensor, hidden: list[torch.Tensor], w_out: torch.Tensor,
-             b_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Kernel layout of the MLP weights: transposed, output layer zero-padded to 16 channels."""
+                   b_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Kernel layout of the MLP weights (C and Triton kernels): transposed, output layer
+    zero-padded to 16 channels."""
     out_dim = w_out.shape[0]
     if out_dim > HIDDEN:
         raise ValueError(f"fused render: out_dim {out_dim} > {HIDDEN}")
@@ -212,22 +321,21 @@ def render16(x: torch.Tensor, tables: torch.Tensor, index: torch.Tensor | None,
              b_out: torch.Tensor) -> torch.Tensor:
     """Fused render: x (N, in) fp32; tables (depth, M, 32) ``[a_l | c_l]``; index (N,) rows of
     the tables (None: row i uses table row i); w0 (16, in); hidden: W_1..W_{depth-1} (16, 16);
-    w_out (out, 16), b_out (out,). Returns (N, out)."""
+    w_out (out, 16), b_out (out,). Returns (N, out). An index outside [0, M) is an IndexError."""
     lib = library()
     assert lib is not None
     n, in_dim = x.shape
-    depth, out_dim = tables.shape[0], w_out.shape[0]
     x = x.detach().contiguous()
     index = (torch.arange(n) if index is None else index).to(torch.int64).contiguous()
     w0t, wht, woutt, bout = kernel_weights(x, w0, hidden, w_out, b_out)
-    out = x.new_empty(n, out_dim)
+    out = x.new_empty(n, w_out.shape[0])
     tables = tables.detach()
 
     def run(start: int, stop: int) -> None:
-        lib.lmf_render16(stop - start, in_dim, x.data_ptr() + start * in_dim * 4, index.data_ptr() + start * 8,
-                         depth, tables.data_ptr(), tables.stride(0), tables.stride(1), w0t.data_ptr(),
-                         wht.data_ptr(), out_dim, woutt.data_ptr(), bout.data_ptr(),
-                         out.data_ptr() + start * out_dim * 4)
+        lib.lmf_render16(n=stop - start, in_dim=in_dim, x=x[start:stop], index=index[start:stop],
+                         n_cells=tables.shape[1], depth=tables.shape[0], tables=tables,
+                         layer_stride=tables.stride(0), cell_stride=tables.stride(1), w0t=w0t, wht=wht,
+                         out_dim=out.shape[1], woutt=woutt, bout=bout, out=out[start:stop])
 
     _parallel(n, run)
     return out
@@ -248,14 +356,14 @@ def query16(coord: torch.Tensor, cell: torch.Tensor | None, tables: torch.Tensor
     assert lib is not None
     b, q, _ = coord.shape
     coord = _float_rows(coord)
-    cell = None if cell is None else _float_rows(cell.expand(b, q, 2))
+    cells = None if cell is None else _float_rows(cell.expand(b, q, 2))
     call = _QueryCall(coord, h, w, local_ensemble, tables, w0, hidden, w_out, b_out)
     for i in range(b):
-        cl = cell[i] if cell is not None else coord[i]
+        cl = cells[i] if cells is not None else coord[i]  # (not read without a cell input)
 
         def run(start: int, stop: int, i: int = i, cl: torch.Tensor = cl) -> None:
-            lib.lmf_query16(*call.head(i, start, stop), cl.data_ptr() + start * cl.stride(0) * 4, cl.stride(0),
-                            int(cell is not None), *call.lookup, *call.tail(i, start))
+            lib.lmf_query16(cell=cl[start:stop], cell_sq=cl.stride(0), use_cell=int(cells is not None),
+                            **call.args(i, start, stop))
 
         _parallel(q, run, rows_per_item=call.k)
     return call.out
@@ -278,24 +386,22 @@ class _QueryCall:
         self.coord, self.tables = coord, tables.detach()
         v = 2 if local_ensemble else 1
         self.k = v * v
-        self._keep = (Q.axis_thresholds(h), Q.axis_thresholds(w), Q.axis_coords(h), Q.axis_coords(w),
-                      Q.axis_shifts(h, local_ensemble), Q.axis_shifts(w, local_ensemble))
-        clamp = float(torch.tensor(Q.CLAMP, dtype=torch.float32))
-        self.lookup = (v, h, w, *(t.data_ptr() for t in self._keep), clamp)
-        self.weights = kernel_weights(coord, w0, hidden, w_out, b_out)
+        self.lookup = dict(V=v, h=h, w=w, th_r=Q.axis_thresholds(h), th_c=Q.axis_thresholds(w),
+                           cen_r=Q.axis_coords(h), cen_c=Q.axis_coords(w), shift_r=Q.axis_shifts(h, local_ensemble),
+                           shift_c=Q.axis_shifts(w, local_ensemble),
+                           clamp=float(torch.tensor(Q.CLAMP, dtype=torch.float32)))
+        w0t, wht, woutt, bout = kernel_weights(coord, w0, hidden, w_out, b_out)
+        self.weights = dict(w0t=w0t, wht=wht, woutt=woutt, bout=bout)
         self.out = coord.new_empty(coord.shape[0], coord.shape[1], w_out.shape[0])
 
-    def head(self, i: int, start: int, stop: int) -> tuple:
-        c = self.coord
-        return stop - start, c[i].data_ptr() + start * c.stride(1) * 4, c.stride(1)
+    def args(self, i: int, start: int, stop: int) -> dict:
+        """The arguments of queries [start, stop) of image ``i`` that both kernels take."""
+        t, c = self.tables, self.coord
+        return dict(q=stop - start, coord=c[i, start:stop], coord_sq=c.stride(1), **self.lookup,
+                    n_cells=t.shape[2], depth=t.shape[0], tables=t[:, i], layer_stride=t.stride(0),
+                    cell_stride=t.stride(2), out_dim=self.out.shape[-1], out=self.out[i, start:stop],
+                    **self.weights)
 
-    def tail(self, i: int, start: int) -> tuple:
-        t, (w0t, wht, woutt, bout), out = self.tables, self.weights, self.out
-        return (t.shape[0], t[:, i].data_ptr(), t.stride(0), t.stride(2), w0t.data_ptr(), wht.data_ptr(),
-                out.shape[-1], woutt.data_ptr(), bout.data_ptr(), out[i].data_ptr() + start * out.shape[-1] * 4)
-
-
-LTE_MAX_INPUT = 128
 
 
 @torch.no_grad()
@@ -315,10 +421,8 @@ def lte16(coord: torch.Tensor, phase: torch.Tensor, code: torch.Tensor, tables: 
     call = _QueryCall(coord, h, w, local_ensemble, tables, w0, hidden, w_out, b_out)
     for i in range(b):
         def run(start: int, stop: int, i: int = i) -> None:
-            rc = lib.lmf_lte16(*call.head(i, start, stop), phase[i].data_ptr() + start * phase_sq * 4, phase_sq,
-                               m2, *call.lookup, code[i].data_ptr(), code.stride(1), *call.tail(i, start))
-            if rc != 0:
-                raise ValueError(f"fused LTE render: input width {m2} not supported")
+            lib.lmf_lte16(phase=phase[i, start:stop] if phase_sq else phase[i], phase_sq=phase_sq, m2=m2,
+                          code=code[i], code_stride=code.stride(1), **call.args(i, start, stop))
 
         _parallel(q, run, rows_per_item=call.k)
     return call.out

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from utils.coords import axis_coords, make_cell, make_coord
 
+from . import cmsr as multiscale
 from .cmsr import CMSR
 
 
@@ -46,7 +47,7 @@ def predict(model: nn.Module, inp: torch.Tensor, coord: torch.Tensor, cell: torc
     """LR ``inp`` (B, 3, h, w) in [0, 1] and queries -> RGB (B, Q, 3) in [0, 1] (clamped)."""
     if scale_hw is not None:
         cell = clip_cell(cell, scale_hw, scale_max)
-    pred = model(normalise(inp, *inp_norm), coord, cell, bsize=bsize, cmsr=cmsr, stats=stats)
+    pred = multiscale.render(model, normalise(inp, *inp_norm), coord, cell, bsize=bsize, cmsr=cmsr, stats=stats)
     return denormalise(pred, *gt_norm).clamp_(0, 1)
 
 
@@ -68,11 +69,11 @@ def upsample(model: nn.Module, img: torch.Tensor, size: tuple[int, int], scale_m
         lat_cell = clip_cell(make_cell((H, W), n=1, device=dev).unsqueeze(0).expand(b, 1, 2), scale_hw, scale_max)
         lat = model.prepare(normalise(img), lat_cell)
         out = img.new_empty(b, 3, H, W)
-        active = model.active_cmsr(lat, H * W, cmsr)
+        active = multiscale.choose(model, lat, H * W, cmsr)
         if active is not None:
             coord = make_coord((H, W), device=dev).unsqueeze(0).expand(b, -1, -1)
             cell = clip_cell(make_cell((H, W), device=dev), scale_hw, scale_max).unsqueeze(0).expand(b, -1, -1)
-            rgb = model.decode(lat, coord, cell, bsize=bsize, cmsr=active, stats=stats)
+            rgb = multiscale.decode(model, lat, coord, cell, bsize=bsize, cmsr=active, stats=stats)
             out.copy_(denormalise(rgb).clamp_(0, 1).view(b, H, W, 3).permute(0, 3, 1, 2))
             if progress is not None:
                 progress(H)
@@ -85,7 +86,7 @@ def upsample(model: nn.Module, img: torch.Tensor, size: tuple[int, int], scale_m
             coord = torch.stack(torch.meshgrid(rows_y[r0:r1], cols_x, indexing="ij"), dim=-1)
             coord = coord.view(1, -1, 2).expand(b, -1, -1)
             cell = cell_row.expand(coord.shape[1], 2).unsqueeze(0).expand(b, -1, -1)
-            rgb = model.decode(lat, coord, cell, bsize=bsize, cmsr=False)
+            rgb = model.decode(lat, coord, cell, bsize)
             out[:, :, r0:r1] = denormalise(rgb).clamp_(0, 1).view(b, r1 - r0, W, 3).permute(0, 3, 1, 2)
             if progress is not None:
                 progress(r1 - r0)

@@ -26,12 +26,12 @@ class LIIF(ImplicitDecoder):
         self.imnet = make(imnet_spec, args={"in_dim": in_dim})
 
     def latent(self, feat: torch.Tensor, inp: torch.Tensor, cell: torch.Tensor) -> Latent:
-        return Latent(inp=inp, table=as_table(unfold3x3(feat) if self.feat_unfold else feat))
+        return Latent(inp=inp, rows=as_table(unfold3x3(feat) if self.feat_unfold else feat))
 
     def render(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         h, w = lat.hw
         lk = Q.locate(coord, h, w, self.local_ensemble)
-        parts = [Q.gather(lat.table, lk.index), lk.rel_coord]
+        parts = [Q.gather(lat.rows, lk.index), lk.rel_coord]
         if self.cell_decode:
             parts.append(Q.rel_cell(cell, h, w).unsqueeze(1).expand_as(lk.rel_coord))
         pred = self.imnet(torch.cat(parts, dim=-1))

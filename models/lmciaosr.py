@@ -29,10 +29,10 @@ import torch
 
 from utils.coords import make_coord
 
-from . import fast_render
 from .cross_scale_attention import CrossScaleAttention
-from .decoder import ImplicitDecoder, Latent, as_table, latent_cell, unfold3x3
-from .lmliif import lm_dims
+from .decoder import Latent, as_table, latent_cell, unfold3x3
+from .lm import LMDecoder
+from .mlp import ModulatedMLP, lm_dims
 from .registry import make, register
 
 # Ensemble neighbours (row shift, col shift), in the reference's order.
@@ -40,13 +40,8 @@ _NEIGHBOURS = {1: [(0, 0)], 2: [(-1, -1), (-1, 1), (1, -1), (1, 1)]}
 
 
 @register("lmciaosr")
-class LMCiaoSR(ImplicitDecoder):
+class LMCiaoSR(LMDecoder):
     residual = True
-    default_bsize = 8192
-
-    def chunk_size(self, lat: Latent) -> int:
-        # the fused kernel keeps nothing per query but the output: large chunks, less overhead
-        return fast_render.FUSED_BSIZE if self.imnet_q.fused(lat.mods) else self.default_bsize
 
     def __init__(self, encoder: Mapping[str, Any], prenet_q: Mapping[str, Any] | None = None,
                  hypernet_q: Mapping[str, Any] | None = None, imnet_q: Mapping[str, Any] | None = None,
@@ -81,34 +76,30 @@ class LMCiaoSR(ImplicitDecoder):
         self.code_dim = 2 * hd if mod_input else self.value_dim  # per-cell part of the render input
         self.imnet_q = make(imnet_q, args={"in_dim": self.code_dim + 2, "mod_up_merge": False})
 
+    @property
+    def render_mlp(self) -> ModulatedMLP:
+        return self.imnet_q
+
     # -- per LR cell ----------------------------------------------------------------------
     latent_band_cells = 1 << 14  # without autograd, per-cell work runs on bands of LR rows
 
     def latent(self, feat: torch.Tensor, inp: torch.Tensor, cell: torch.Tensor) -> Latent:
-        b, c, h, w = feat.shape
+        h, w = feat.shape[-2:]
         non_local = self.cs_attn(feat) if self.non_local_attn else None  # tiled: bounded memory
         rel_cell = latent_cell(cell, h, w)
         offsets = [self._key_offset(vx, vy, h, w, feat.device) for vx, vy in _NEIGHBOURS[self.local_size]]
         # The attention MLPs hold ~10 KB of activations per LR cell: on a 1280x720 input the whole
         # map at once would take GBs. Bands of rows (one-row halo for the 3x3 unfolding) compute
         # exactly the same numbers in bounded memory.
-        band = max(1, self.latent_band_cells // w) if not torch.is_grad_enabled() else h
-        depth, hd = self.imnet_q.hidden_depth, self.imnet_q.hidden_dim
-        mods = feat.new_empty(depth, b, h * w, 2 * hd) if band < h else None
-        complexity = feat.new_empty(b, 1, h, w)
-        for r0 in range(0, h, band):
-            r1 = min(h, r0 + band)
+
+        def cells(r0: int, r1: int) -> tuple[torch.Tensor, torch.Tensor]:
             a0, a1 = max(0, r0 - 1), min(h, r1 + 1)
-            cells = slice(r0 * w, r1 * w)
             rows = as_table(unfold3x3(feat[:, :, a0:a1])[:, :, r0 - a0: r1 - a0])  # (B, n, 9C), channel-major
             nl = None if non_local is None else as_table(non_local[:, :, r0:r1])
-            folded, comp = self._cells(rows, nl, rel_cell, [o[:, cells] for o in offsets])
-            if band >= h:
-                mods = folded.view(depth, b, h * w, -1)
-            else:
-                mods[:, :, cells] = folded.view(depth, b, (r1 - r0) * w, -1)
-            complexity[:, :, r0:r1] = comp.view(b, 1, r1 - r0, w)
-        return Latent(inp=inp, table=inp.new_zeros(b, h * w, 0), mods=mods, complexity=complexity)
+            return self._cells(rows, nl, rel_cell, [o[:, r0 * w: r1 * w] for o in offsets])
+
+        mods, complexity = self.banded_latent(feat, self.latent_band_cells, cells)
+        return Latent(inp=inp, mods=mods, complexity=complexity)
 
     def _cells(self, rows: torch.Tensor, non_local: torch.Tensor | None, rel_cell: torch.Tensor,
                offsets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,7 +110,7 @@ class LMCiaoSR(ImplicitDecoder):
         grid = rows.view(b, n, 3, 3, c)                     # the reference's (3, 3, C) reading
         rc = rel_cell.expand(b, n, 2)
         keys, values = [], []
-        for (vx, vy), offset in zip(_NEIGHBOURS[self.local_size], offsets):
+        for (vx, vy), offset in zip(_NEIGHBOURS[self.local_size], offsets, strict=True):
             t, l = int(vy > 0), int(vx > 0)
             key = grid[:, :, t:t + 2, l:l + 2].reshape(b, n, self.key_dim)
             value = key if non_local is None else torch.cat([key, non_local], dim=-1)

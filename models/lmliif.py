@@ -15,27 +15,14 @@ from typing import Any, Mapping
 
 import torch
 
-from . import fast_render
-from .decoder import ImplicitDecoder, Latent, as_table, conv_linear, latent_cell
+from .decoder import Latent, as_table, conv_linear, latent_cell
+from .lm import LMDecoder
+from .mlp import ModulatedMLP, lm_dims
 from .registry import make, register
 
 
-def lm_dims(imnet_spec: Mapping[str, Any]) -> tuple[int, int, int]:
-    """(hidden_dim, hidden_depth, mod_dim) of a render-MLP spec, as the official wrappers derive."""
-    a = imnet_spec.get("args", {})
-    hd, depth = int(a["hidden_dim"]), int(a["hidden_depth"])
-    per_layer = hd * (int(bool(a.get("mod_scale", True))) + int(bool(a.get("mod_shift", True))))
-    return hd, depth, per_layer * depth
-
-
 @register("lmliif")
-class LMLIIF(ImplicitDecoder):
-    default_bsize = 8192
-
-    def chunk_size(self, lat: Latent) -> int:
-        # the fused kernel keeps nothing per query but the output: large chunks, less overhead
-        return fast_render.FUSED_BSIZE if self.imnet.fused(lat.mods) else self.default_bsize
-
+class LMLIIF(LMDecoder):
     def __init__(self, encoder_spec: Mapping[str, Any], imnet_spec: Mapping[str, Any] | None = None,
                  hypernet_spec: Mapping[str, Any] | None = None, local_ensemble: bool = True,
                  feat_unfold: bool = True, cell_decode: bool = True, mod_input: bool = False,
@@ -54,33 +41,30 @@ class LMLIIF(ImplicitDecoder):
         imnet_in = self.code_dim + 2 + (2 if cell_decode else 0)
         self.imnet = make(imnet_spec, args={"in_dim": imnet_in, "mod_up_merge": False})
 
+    @property
+    def render_mlp(self) -> ModulatedMLP:
+        return self.imnet
+
     latent_band_cells = 1 << 16  # per-cell work runs on bands of LR rows of about this many cells
 
     def latent(self, feat: torch.Tensor, inp: torch.Tensor, cell: torch.Tensor) -> Latent:
         b, _, h, w = feat.shape
         extra = latent_cell(cell, h, w) if self.cell_decode else None
-        depth, hd = self.imnet.hidden_depth, self.imnet.hidden_dim
         halo = 1 if self.feat_unfold else 0
-        band = max(1, self.latent_band_cells // w) if not torch.is_grad_enabled() else h
-        mods = feat.new_empty(depth, b, h * w, 2 * hd) if band < h else None
-        complexity = feat.new_empty(b, 1, h, w)
-        for r0 in range(0, h, band):  # bands bound the peak memory on large images (exact: 1-row halo)
-            r1 = min(h, r0 + band)
+        w0 = self.imnet.hidden(0)
+
+        def cells(r0: int, r1: int) -> tuple[torch.Tensor, torch.Tensor]:
             a0, a1 = max(0, r0 - halo), min(h, r1 + halo)
-            part = feat[:, :, a0:a1]
-            x = conv_linear(part, self.hypernet.layers[0], self.feat_unfold, extra)
+            x = conv_linear(feat[:, :, a0:a1], self.hypernet.layers[0], self.feat_unfold, extra)
             mod = self.hypernet.layers[1:](x).view(b, a1 - a0, w, -1)[:, r0 - a0: r1 - a0].reshape(b, (r1 - r0) * w, -1)
             code = mod[..., self.mod_dim:] if self.mod_input else as_table(feat[:, :, r0:r1])
-            w0 = self.imnet.hidden(0)
             layer0_bias = code @ w0.weight[:, : self.code_dim].t() + w0.bias
             folded = self.imnet.fold(mod[..., : self.mod_dim].reshape(-1, self.mod_dim),
-                                     layer0_bias.reshape(-1, hd))
-            if band >= h:
-                mods = folded.view(depth, b, h * w, -1)
-            else:
-                mods[:, :, r0 * w: r1 * w] = folded.view(depth, b, (r1 - r0) * w, -1)
-            complexity[:, :, r0:r1] = mod[..., self.imnet.shift_slice()].abs().mean(-1).view(b, 1, r1 - r0, w)
-        return Latent(inp=inp, table=inp.new_zeros(b, h * w, 0), mods=mods, complexity=complexity)
+                                     layer0_bias.reshape(-1, self.imnet.hidden_dim))
+            return folded, mod[..., self.imnet.shift_slice()].abs().mean(-1)
+
+        mods, complexity = self.banded_latent(feat, self.latent_band_cells, cells)
+        return Latent(inp=inp, mods=mods, complexity=complexity)
 
     def render(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         h, w = lat.hw

@@ -11,26 +11,17 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from . import fast_render, triton_render
 from . import query as Q
-from .decoder import ImplicitDecoder, Latent, as_table, latent_cell
-from .lmliif import lm_dims
+from .decoder import Latent, as_table, latent_cell
+from .lm import LMDecoder
 from .lte import fourier_basis
+from .mlp import ModulatedMLP, lm_dims
 from .registry import make, register
 
 
 @register("lmlte")
-class LMLTE(ImplicitDecoder):
+class LMLTE(LMDecoder):
     residual = True
-    default_bsize = 8192
-
-    def chunk_size(self, lat: Latent) -> int:
-        # the fused kernel keeps nothing per query but the output: large chunks, less overhead
-        return fast_render.FUSED_BSIZE if self._fused(lat) else self.default_bsize
-
-    def _fused(self, lat: Latent) -> bool:
-        """Whether :meth:`render` runs in the fused kernel (LM-LTE's: Fourier inputs up to 128)."""
-        return self.imnet.fused(lat.mods) and self.code_dim <= fast_render.LTE_MAX_INPUT
 
     def __init__(self, encoder_spec: Mapping[str, Any], imnet_spec: Mapping[str, Any] | None = None,
                  hypernet_spec: Mapping[str, Any] | None = None, hidden_dim: int = 128,
@@ -52,6 +43,11 @@ class LMLTE(ImplicitDecoder):
             self.imphase = nn.Linear(2, hd // 2, bias=False)
         self.imnet = make(imnet_spec, args={"in_dim": self.code_dim, "mod_up_merge": False})
         self.hidden_dim = hidden_dim
+        self.fused_input_width = self.code_dim  # the kernel computes the Fourier input itself
+
+    @property
+    def render_mlp(self) -> ModulatedMLP:
+        return self.imnet
 
     def latent(self, feat: torch.Tensor, inp: torch.Tensor, cell: torch.Tensor) -> Latent:
         b, _, h, w = feat.shape
@@ -68,26 +64,26 @@ class LMLTE(ImplicitDecoder):
             code = torch.cat([coef, freq], dim=-1)
         folded = self.imnet.fold(mod[..., : self.mod_dim].reshape(b * h * w, -1))
         complexity = mod[..., self.imnet.shift_slice()].abs().mean(-1).view(b, 1, h, w)
-        return Latent(inp=inp, table=code.contiguous(), mods=folded.view(folded.shape[0], b, h * w, -1),
+        return Latent(inp=inp, rows=code.contiguous(), mods=folded.view(folded.shape[0], b, h * w, -1),
                       complexity=complexity)
 
     def render(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         h, w = lat.hw
-        if self._fused(lat) and not coord.requires_grad:
+        kernel = self.imnet.kernel(lat.mods, coord, cell, in_width=self.fused_input_width)
+        if kernel is not None:
             if self.cell_decode:
                 phase_fn = self.imphase if self.mod_input else self.phase
                 phase = phase_fn(Q.rel_cell(cell, h, w))
             else:
                 phase = coord.new_zeros(coord.shape[0], 1, self.code_dim // 2)
             last = self.imnet.layers[-1]
-            kernel = triton_render if triton_render.usable(lat.mods, self.imnet.hidden_dim) else fast_render
-            return kernel.lte16(coord, phase, lat.table, lat.mods, h, w, self.local_ensemble,
-                                     self.imnet.hidden(0).weight,
-                                     [self.imnet.hidden(l).weight for l in range(1, self.imnet.hidden_depth)],
-                                     last.weight, last.bias)
+            return kernel.lte16(coord, phase, lat.rows, lat.mods, h, w, self.local_ensemble,
+                                self.imnet.hidden(0).weight,
+                                [self.imnet.hidden(l).weight for l in range(1, self.imnet.hidden_depth)],
+                                last.weight, last.bias)
         lk = Q.locate(coord, h, w, self.local_ensemble)
         b, k, q = lk.index.shape
-        rows = Q.gather(lat.table, lk.index)
+        rows = Q.gather(lat.rows, lk.index)
         coef, freq = rows.split(self.code_dim, dim=-1)
         if self.cell_decode:
             phase_fn = self.imphase if self.mod_input else self.phase

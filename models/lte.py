@@ -42,12 +42,12 @@ class LTE(ImplicitDecoder):
         self.hidden_dim = hidden_dim
 
     def latent(self, feat: torch.Tensor, inp: torch.Tensor, cell: torch.Tensor) -> Latent:
-        return Latent(inp=inp, table=as_table(torch.cat([self.coef(feat), self.freq(feat)], dim=1)))
+        return Latent(inp=inp, rows=as_table(torch.cat([self.coef(feat), self.freq(feat)], dim=1)))
 
     def render(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         h, w = lat.hw
         lk = Q.locate(coord, h, w)
-        rows = Q.gather(lat.table, lk.index)
+        rows = Q.gather(lat.rows, lk.index)
         coef, freq = rows.split(self.hidden_dim, dim=-1)
         phase = self.phase(Q.rel_cell(cell, h, w)).unsqueeze(1)
         pred = self.imnet(coef * fourier_basis(freq, lk.rel_coord, phase))

@@ -3,7 +3,8 @@
 """
 from __future__ import annotations
 
-from typing import Sequence
+from types import ModuleType
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -31,6 +32,14 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape[:-1]
         return self.layers(x.reshape(-1, x.shape[-1])).view(*shape, -1)
+
+
+def lm_dims(spec: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(hidden_dim, hidden_depth, mod_dim) of an ``lmmlp`` spec, as the official wrappers derive."""
+    a = spec.get("args", {})
+    hd, depth = int(a["hidden_dim"]), int(a["hidden_depth"])
+    per_layer = hd * (int(bool(a.get("mod_scale", True))) + int(bool(a.get("mod_shift", True))))
+    return hd, depth, per_layer * depth
 
 
 @register("lmmlp")
@@ -102,24 +111,24 @@ class ModulatedMLP(nn.Module):
             bias = torch.cat([layer0_bias.unsqueeze(0), bias[1:].expand(depth - 1, n, hd)], dim=0)
         return torch.cat([scale, bias * scale + shift], dim=-1).contiguous()
 
-    def render(self, x: torch.Tensor, folded: torch.Tensor, index: torch.Tensor | None = None,
+    def render(self, x: torch.Tensor, mods: torch.Tensor, index: torch.Tensor | None = None,
                layer0_weight: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-query pass: x (N, in); row ``index[i]`` of each folded table modulates row i.
+        """Per-query pass: x (N, in); row ``index[i]`` of each modulation table modulates row i.
 
-        ``folded`` is (depth, M, 2*hd) from :meth:`fold`; without ``index`` M must equal N.
+        ``mods`` is (depth, M, 2*hd) from :meth:`fold`; without ``index`` M must equal N.
         """
         hd = self.hidden_dim
         w0 = self.hidden(0).weight if layer0_weight is None else layer0_weight
-        if fast_render.usable(x, folded, hd):
+        if fast_render.use_kernel(hd, mods, x):
             last = self.layers[-1]
-            return fast_render.render16(x, folded, index, w0, [self.hidden(l).weight for l in range(1, self.hidden_depth)],
+            return fast_render.render16(x, mods, index, w0, [self.hidden(l).weight for l in range(1, self.hidden_depth)],
                                         last.weight, last.bias)
         rows = None
         if index is not None and torch.is_grad_enabled():
             # training: one gather of all layers' rows (and one scatter-add in backward) instead
             # of one narrow gather per layer; several times faster on the CPU
             # (unbind, not slicing: its backward is one stack, not a zero-filled copy per slice)
-            flat = folded.permute(1, 0, 2).reshape(folded.shape[1], -1).index_select(0, index)
+            flat = mods.permute(1, 0, 2).reshape(mods.shape[1], -1).index_select(0, index)
             rows = flat.view(-1, self.hidden_depth, 2, hd).unbind(1)
         h = x @ w0.t()
         for l in range(self.hidden_depth):
@@ -128,18 +137,18 @@ class ModulatedMLP(nn.Module):
             if rows is not None:
                 a, c = rows[l].unbind(1)
             else:
-                ac = folded[l] if index is None else folded[l].index_select(0, index)
+                ac = mods[l] if index is None else mods[l].index_select(0, index)
                 a, c = ac[:, :hd], ac[:, hd:]
             h = torch.relu_(torch.addcmul(c, h, a))
         return self.layers[-1](h)
 
-    def render_blend(self, x: torch.Tensor, tables: torch.Tensor, lookup: Q.Lookup,
+    def render_blend(self, x: torch.Tensor, mods: torch.Tensor, lookup: Q.Lookup,
                      shared: torch.Tensor | None = None,
                      layer0_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Render every query at its K neighbour cells and blend with the ensemble weights.
 
         x (B, K, Q, in_x) per-neighbour inputs; ``shared`` (B, Q, in_s) inputs common to the K
-        neighbours, appended after x; tables (depth, B, h*w, 2*hd) from :meth:`fold`;
+        neighbours, appended after x; mods (depth, B, h*w, 2*hd) from :meth:`fold`;
         ``lookup`` from :func:`query.locate`. Returns (B, Q, out_dim). (The rows go through
         :meth:`render`, i.e. the row kernel of ``fast_render`` where it applies.)
         """
@@ -147,40 +156,48 @@ class ModulatedMLP(nn.Module):
         b, k, q, _ = x.shape
         if shared is not None:
             x = torch.cat([x, shared.unsqueeze(1).expand(b, k, q, shared.shape[-1])], dim=-1)
-        pred = self.render(x.reshape(b * k * q, -1), tables.flatten(1, 2),
-                           Q.flat_index(lookup.index, tables.shape[2]), layer0_weight=w0)
+        pred = self.render(x.reshape(b * k * q, -1), mods.flatten(1, 2),
+                           Q.flat_index(lookup.index, mods.shape[2]), layer0_weight=w0)
         return Q.ensemble(pred.view(b, k, q, -1), lookup)
 
-    def fused(self, tables: torch.Tensor) -> bool:
-        """Whether :meth:`render_at` will run in a fused kernel (CPU: C, CUDA: Triton)."""
-        return triton_render.usable(tables, self.hidden_dim) or fast_render.usable(tables, tables, self.hidden_dim)
+    def kernel(self, mods: torch.Tensor, *inputs: torch.Tensor | None, in_width: int = 0) -> ModuleType | None:
+        """The fused kernel module that computes a render call with these modulation tables and
+        per-query inputs (:mod:`models.triton_render` on CUDA, :mod:`models.fast_render` on the
+        CPU; each module's own check is the one place that decides), or None: the PyTorch path."""
+        if triton_render.usable(self.hidden_dim, mods, *inputs, in_width=in_width):
+            return triton_render
+        if fast_render.use_kernel(self.hidden_dim, mods, *inputs, in_width=in_width):
+            return fast_render
+        return None
 
-    def render_at(self, coord: torch.Tensor, tables: torch.Tensor, hw: tuple[int, int],
+    def fused(self, mods: torch.Tensor, *inputs: torch.Tensor | None, in_width: int = 0) -> bool:
+        """Whether a render call with these modulation tables and per-query inputs runs in a
+        fused kernel (:meth:`kernel`)."""
+        return self.kernel(mods, *inputs, in_width=in_width) is not None
+
+    def render_at(self, coord: torch.Tensor, mods: torch.Tensor, hw: tuple[int, int],
                   local_ensemble: bool, cell: torch.Tensor | None = None,
                   layer0_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Render queries whose per-neighbour input is [relative coord, (relative cell)].
 
-        coord, cell (B, Q, 2); tables (depth, B, h*w, 2*hd). Look-up, render and blend: one
+        coord, cell (B, Q, 2); mods (depth, B, h*w, 2*hd). Look-up, render and blend: one
         fused kernel without autograd (Triton on CUDA, C on the CPU), else :func:`query.locate` +
         :meth:`render_blend`.
         """
         h, w = hw
         w0 = self.hidden(0).weight if layer0_weight is None else layer0_weight
-        last = self.layers[-1]
-        if triton_render.usable(tables, self.hidden_dim, coord, *([] if cell is None else [cell])):
-            return triton_render.query16(coord, cell, tables, h, w, local_ensemble, w0,
-                                         [self.hidden(l).weight for l in range(1, self.hidden_depth)],
-                                         last.weight, last.bias)
-        if fast_render.usable(coord, tables, self.hidden_dim) and (cell is None or not cell.requires_grad):
-            return fast_render.query16(coord, cell, tables, h, w, local_ensemble, w0,
-                                       [self.hidden(l).weight for l in range(1, self.hidden_depth)],
-                                       last.weight, last.bias)
+        kernel = self.kernel(mods, coord, cell)
+        if kernel is not None:
+            last = self.layers[-1]
+            return kernel.query16(coord, cell, mods, h, w, local_ensemble, w0,
+                                  [self.hidden(l).weight for l in range(1, self.hidden_depth)],
+                                  last.weight, last.bias)
         lk = Q.locate(coord, h, w, local_ensemble)
         shared = None if cell is None else Q.rel_cell(cell, h, w)
-        return self.render_blend(lk.rel_coord, tables, lk, shared, layer0_weight=w0)
+        return self.render_blend(lk.rel_coord, mods, lk, shared, layer0_weight=w0)
 
     def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
         """Official call: x (..., in_dim) with one modulation vector per row (..., mod_dim)."""
         shape = x.shape[:-1]
-        folded = self.fold(mod.reshape(-1, mod.shape[-1]))
-        return self.render(x.reshape(-1, x.shape[-1]), folded).view(*shape, -1)
+        mods = self.fold(mod.reshape(-1, mod.shape[-1]))
+        return self.render(x.reshape(-1, x.shape[-1]), mods).view(*shape, -1)

@@ -64,17 +64,20 @@ def on_cpu() -> Iterator[None]:
         _state.cpu = before
 
 
-def usable(tables: torch.Tensor, hidden_dim: int, *inputs: torch.Tensor) -> bool:
-    """Whether the Triton kernel can compute a render call on ``tables`` with these per-query
-    ``inputs`` (coordinates, cells; else the caller takes its next path)."""
-    dev = tables.device.type
+def usable(hidden_dim: int, mods: torch.Tensor, *inputs: torch.Tensor | None, in_width: int = 0) -> bool:
+    """Whether the Triton kernel can compute a render call (the GPU counterpart of
+    :func:`fast_render.use_kernel`, same arguments): ``mods`` the folded modulation tables,
+    ``inputs`` the per-query tensors (coordinates, cells; None ones are ignored), ``in_width``
+    LM-LTE's Fourier input width. Else the caller takes its next path."""
+    dev = mods.device.type
     if dev != "cuda" and not (dev == "cpu" and getattr(_state, "cpu", False)):
         return False  # the CPU path pays one attribute look-up, nothing else
     grad = torch.is_grad_enabled()
-    return (hidden_dim == HIDDEN and not forced_off() and tables.dtype in _TABLE_DTYPES
-            and tables.stride(-1) == 1 and not (grad and tables.requires_grad)
-            and all(t.device == tables.device and t.dtype == torch.float32 and not (grad and t.requires_grad)
-                    for t in inputs)
+    tensors = [t for t in inputs if t is not None]
+    return (hidden_dim == HIDDEN and in_width <= LTE_MAX_INPUT and not forced_off()
+            and mods.dtype in _TABLE_DTYPES and mods.stride(-1) == 1 and not (grad and mods.requires_grad)
+            and all(t.device == mods.device and t.dtype == torch.float32 and not (grad and t.requires_grad)
+                    for t in tensors)
             and unavailable_reason() is None)
 
 

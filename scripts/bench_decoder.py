@@ -154,7 +154,7 @@ def main() -> None:
                 cell = make_cell((H, W), device=device).unsqueeze(0) * max(s / 4, 1)
                 lat_fn = lambda: model.latent(feat, inp, cell)  # noqa: E731
                 lat = lat_fn()
-                ren_fn = lambda: model.decode(lat, coord, cell, bsize=args.bsize, cmsr=False)  # noqa: E731
+                ren_fn = lambda: model.decode(lat, coord, cell, args.bsize)  # noqa: E731
                 t_lat = timed(lat_fn, device, args.repeats)
                 t_ren = timed(ren_fn, device, args.repeats)
                 f_lat, f_ren = (0, 0) if args.no_macs else (flops(lat_fn), flops(ren_fn))

@@ -36,7 +36,7 @@ def worker(args: argparse.Namespace) -> None:
     import models
     from bench_decoder import SPECS
     from models import fast_render
-    from models.cmsr import CMSR, Scale2Mod
+    from models.cmsr import CMSR, Scale2Mod, render
     from models.inference import clip_cell
     from utils.coords import make_cell, make_coord
 
@@ -62,7 +62,7 @@ def worker(args: argparse.Namespace) -> None:
     stats: dict = {}
 
     def full():
-        return model(inp, coord, cell, cmsr=cmsr, stats=stats)
+        return render(model, inp, coord, cell, cmsr=cmsr, stats=stats)
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with torch.no_grad():

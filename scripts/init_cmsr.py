@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import datasets
     import models
-    from models.cmsr import Scale2Mod, calibrate_row
+    from models.cmsr import Scale2Mod
+    from models.cmsr_calibration import calibrate_row
     from models.inference import normalise
     from utils.errors import UserError
 

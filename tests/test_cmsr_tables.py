@@ -1,4 +1,4 @@
-"""Building Scale2Mod tables (models.cmsr.calibrate_row, scripts/init_cmsr.py)."""
+"""Building Scale2Mod tables (models.cmsr_calibration.calibrate_row, scripts/init_cmsr.py)."""
 from __future__ import annotations
 
 import subprocess
@@ -11,7 +11,8 @@ import yaml
 from PIL import Image
 
 import models
-from models.cmsr import CMSR, Scale2Mod, calibrate_row
+from models.cmsr import CMSR, Scale2Mod
+from models.cmsr_calibration import calibrate_row
 from utils.coords import make_cell, make_coord
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.skipif(fast_render.library() is None,
 
 
 def pytorch_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fast_render, "usable", lambda *a, **k: False)
+    monkeypatch.setattr(fast_render, "use_kernel", lambda *a, **k: False)
 
 
 def reference(m: ModulatedMLP, x, folded, index, w0=None):
@@ -40,7 +41,7 @@ def test_kernel_matches_layerwise_reference(in_dim, out_dim, depth, n):
     folded = m.fold(torch.randn(cells, m.mod_dim) * 0.5)
     x = torch.randn(n, in_dim)
     index = torch.randint(0, cells, (n,))
-    assert fast_render.usable(x, folded, 16)
+    assert fast_render.use_kernel(16, folded, x)
     out = m.render(x, folded, index)
     assert out.shape == (n, out_dim)
     torch.testing.assert_close(out, reference(m, x, folded, index), rtol=0, atol=2e-5)
@@ -103,14 +104,15 @@ def test_not_used_when_gradients_are_needed():
     m = ModulatedMLP(4, 3, 16, 6)
     folded = m.fold(torch.randn(10, m.mod_dim))  # requires grad through the bias
     x = torch.randn(8, 4)
-    assert folded.requires_grad and not fast_render.usable(x, folded, 16)
+    assert folded.requires_grad and not fast_render.use_kernel(16, folded, x)
     out = m.render(x, folded, torch.zeros(8, dtype=torch.long))
     out.sum().backward()
     assert m.hidden(3).weight.grad is not None
     with torch.no_grad():
-        assert fast_render.usable(x, folded, 16)
-    assert not fast_render.usable(x.double(), folded.double(), 16)
-    assert not fast_render.usable(x, folded, 32)
+        assert fast_render.use_kernel(16, folded, x)
+        assert not fast_render.use_kernel(16, folded.double(), x.double())
+        assert not fast_render.use_kernel(32, folded, x)
+        assert not fast_render.use_kernel(16, folded, x, in_width=fast_render.LTE_MAX_INPUT + 2)
 
 
 def test_build_failure_falls_back_with_one_warning(monkeypatch, tmp_path):
@@ -235,3 +237,110 @@ def test_kernel_works_in_a_forked_child():
     data = os.read(read, 1024)
     os.waitpid(pid, 0)
     assert pickle.loads(data) is True
+
+
+# --- the binding checks what it is given ---------------------------------------------------------
+def test_binding_is_read_from_the_c_prototypes():
+    sigs = fast_render.signatures(fast_render._SOURCE.read_text())
+    assert set(sigs) == {"lmf_render16", "lmf_query16", "lmf_lte16"}
+    names = [p.name for p in sigs["lmf_render16"]]
+    assert names[:5] == ["n", "in_dim", "x", "index", "n_cells"] and names[-1] == "out"
+    q = {p.name: p for p in sigs["lmf_query16"]}
+    assert q["coord"].dtype == torch.float32 and q["clamp"].dtype is None and q["n_cells"].dtype is None
+
+
+def test_wrong_argument_names_or_types_are_refused_before_the_call():
+    lib = fast_render.library()
+    with pytest.raises(TypeError, match="missing arguments"):
+        lib.lmf_render16(n=1)
+    m = ModulatedMLP(4, 3, 16, 6)
+    with torch.no_grad():
+        folded = m.fold(torch.randn(10, m.mod_dim))
+    w0t, wht, woutt, bout = fast_render.kernel_weights(torch.zeros(1), m.hidden(0).weight,
+                                                       [m.hidden(l).weight for l in range(1, 6)],
+                                                       m.layers[-1].weight, m.layers[-1].bias)
+    args = dict(n=2, in_dim=4, x=torch.zeros(2, 4), index=torch.zeros(2, dtype=torch.int32), n_cells=10, depth=6,
+                tables=folded, layer_stride=folded.stride(0), cell_stride=folded.stride(1), w0t=w0t, wht=wht,
+                out_dim=3, woutt=woutt, bout=bout, out=torch.zeros(2, 3))
+    with pytest.raises(TypeError, match="index must be a CPU torch.int64 tensor"):
+        lib.lmf_render16(**args)
+
+
+@pytest.mark.parametrize("bad", [10, -1, 1 << 40])
+@torch.no_grad()
+def test_out_of_range_cell_index_is_an_exception(bad):
+    """The C code checks every cell index against the tables: an IndexError, not a wild read."""
+    m = ModulatedMLP(4, 3, 16, 6)
+    folded = m.fold(torch.randn(10, m.mod_dim))
+    x = torch.randn(5, 4)
+    index = torch.tensor([0, 3, bad, 9, 1])
+    with pytest.raises(IndexError, match="cell index"):
+        m.render(x, folded, index)
+
+
+@torch.no_grad()
+def test_grid_larger_than_the_tables_is_an_exception():
+    m = ModulatedMLP(2, 3, 16, 6)
+    tables = m.fold(torch.randn(4 * 5, m.mod_dim)).view(6, 1, 20, 32)
+    coord = torch.rand(1, 7, 2) * 2 - 1
+    with pytest.raises(IndexError):
+        m.render_at(coord, tables, (5, 5), True)  # 25 cells > the 20 rows of the tables
+
+
+def _fresh_build(monkeypatch, tmp_path, prepare) -> Path:
+    """Build the kernel with LMF_CACHE_DIR and the temp dir under tmp_path, after ``prepare``
+    planted something; return the folder the library was built in."""
+    monkeypatch.setenv("LMF_CACHE_DIR", str(tmp_path / "home-cache"))
+    monkeypatch.setattr(fast_render.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    monkeypatch.setattr(fast_render, "_private_dir", None)
+    monkeypatch.setattr(fast_render, "_lib", None)
+    monkeypatch.setattr(fast_render, "_failed", False)
+    (tmp_path / "tmp").mkdir()
+    prepare()
+    folder = fast_render._cache_dir()
+    assert fast_render.library() is not None
+    return folder
+
+
+@pytest.mark.parametrize("how", ["world_writable", "group_writable", "symlink"])
+def test_planted_cache_folders_are_not_used(monkeypatch, tmp_path, how):
+    """A cache folder that others can write to (or a link to one) is never used: the kernel is
+    built in a fresh private temp folder instead."""
+    uid = os.getuid()
+    planted = [tmp_path / "home-cache" / "lmf-sr", tmp_path / "tmp" / f"lmf-sr-{uid}"]
+
+    def plant():
+        elsewhere = tmp_path / "attacker"
+        elsewhere.mkdir(mode=0o700)
+        for p in planted:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            if how == "symlink":
+                p.symlink_to(elsewhere)
+            else:
+                p.mkdir()
+                os.chmod(p, 0o777 if how == "world_writable" else 0o770)
+
+    folder = _fresh_build(monkeypatch, tmp_path, plant)
+    assert folder not in planted and folder.parent == tmp_path / "tmp" and folder.name.startswith("lmf-sr-")
+    assert (folder.stat().st_mode & 0o777) == 0o700 and any(folder.iterdir())
+    for p in planted:
+        assert not any(p.iterdir()) if not p.is_symlink() else not any((tmp_path / "attacker").iterdir())
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs root to plant a foreign-owned folder")
+def test_foreign_owned_cache_folder_is_not_used(monkeypatch, tmp_path):
+    planted = [tmp_path / "home-cache" / "lmf-sr", tmp_path / "tmp" / f"lmf-sr-{os.getuid()}"]
+
+    def plant():
+        for p in planted:
+            p.mkdir(parents=True, mode=0o700)
+            os.chown(p, 12345, 12345)
+
+    folder = _fresh_build(monkeypatch, tmp_path, plant)
+    assert folder not in planted and folder.name.startswith("lmf-sr-")
+    assert all(not any(p.iterdir()) for p in planted)
+
+
+def test_own_private_cache_folder_is_used(monkeypatch, tmp_path):
+    folder = _fresh_build(monkeypatch, tmp_path, lambda: None)
+    assert folder == tmp_path / "home-cache" / "lmf-sr" and (folder.stat().st_mode & 0o077) == 0

@@ -302,7 +302,7 @@ def test_cmsr_renders_everything_at_full_scale_when_thresholds_are_zero():
         stats = {}
         a = m(inp, coord, cell, cmsr=cmsr, stats=stats)
         # CMSR renders with the cell clipped at the training range: cell * max(8 / 4, 1)
-        b = m.decode(m.prepare(inp, cell), coord, cell * 2, cmsr=False)
+        b = m.decode(m.prepare(inp, cell), coord, cell * 2)
     inside = ((coord[0, :, 0].abs() <= axis_coords(5)[-1]) & (coord[0, :, 1].abs() <= axis_coords(6)[-1]))
     assert inside.sum() > 0.5 * inside.numel()
     assert torch.allclose(a[:, inside], b[:, inside], atol=1e-6)

@@ -58,12 +58,12 @@ def test_cpu_path_does_not_route_here_by_default():
     """Without :func:`triton_render.on_cpu` CPU tensors never reach Triton (the C kernel or
     PyTorch computes them), so installing triton changes nothing on the CPU."""
     t = torch.zeros(6, 1, 4, 32)
-    assert not triton_render.usable(t, 16, torch.zeros(1, 4, 2))
+    assert not triton_render.usable(16, t, torch.zeros(1, 4, 2))
     with triton_render.on_cpu():
-        assert triton_render.usable(t, 16, torch.zeros(1, 4, 2)) == (triton_render.unavailable_reason() is None)
-        assert not triton_render.usable(t, 8)  # only the 16-wide render
+        assert triton_render.usable(16, t, torch.zeros(1, 4, 2)) == (triton_render.unavailable_reason() is None)
+        assert not triton_render.usable(8, t)  # only the 16-wide render
         with fast_render.disabled():
-            assert not triton_render.usable(t, 16)
+            assert not triton_render.usable(16, t)
 
 
 @pytest.mark.parametrize("name,lr,hr", [("lmliif", (5, 7), (13, 17)), ("lmliif-noens-nocell", (5, 9), (11, 20)),

@@ -347,7 +347,7 @@ class SwinIR(nn.Module):
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()  # stochastic depth rule
         self.layers = nn.ModuleList()
-        for i, (depth, heads) in enumerate(zip(depths, num_heads)):
+        for i, (depth, heads) in enumerate(zip(depths, num_heads, strict=False)):
             start = sum(depths[:i])
             self.layers.append(RSTB(embed_dim, resolution, depth, heads, self.window_size, mlp_ratio,
                                     qkv_bias, qk_scale, drop_rate, attn_drop_rate,

@@ -16,6 +16,11 @@
  * query with the local-ensemble weights, so that nothing per neighbour goes through memory.
  *
  * No allocation, no global state, no threads: the caller splits the work across threads.
+ *
+ * Every entry point returns 0, or an error code (LMF_E_*) before touching any output when an
+ * argument is out of range: the Python binding (models/fast_render.py) reads the prototypes
+ * below, so a parameter's name and type are declared here only, and turns a code into an
+ * exception. Cell indices are checked against n_cells, the number of rows of the tables.
  */
 #include <math.h>
 #include <stdint.h>
@@ -23,6 +28,11 @@
 
 #define HD 16
 #define R 8
+
+#define LMF_OK 0
+#define LMF_E_WIDTH 1   /* input width not supported */
+#define LMF_E_INDEX 2   /* a cell index (or the h x w grid) outside the n_cells rows of the tables */
+#define LMF_E_ARG 3     /* another argument out of range (V, sizes) */
 
 typedef float v16 __attribute__((vector_size(HD * sizeof(float))));
 typedef int32_t i16v __attribute__((vector_size(HD * sizeof(int32_t))));
@@ -95,15 +105,18 @@ block(int m, int64_t in_dim, const float *x, const int64_t *index, int64_t depth
     store(m, res, out_dim, out);
 }
 
-/* x: (n, in_dim); index: (n,) LR-cell row of each input row; tables: layer l, cell c starts at
- * tables + l * layer_stride + c * cell_stride and holds [a_l (16) | c_l (16)];
+/* x: (n, in_dim); index: (n,) LR-cell row of each input row, in [0, n_cells); tables: layer l,
+ * cell c starts at tables + l * layer_stride + c * cell_stride and holds [a_l (16) | c_l (16)];
  * w0t: (in_dim, 16) = W_0^T; wht: (depth - 1, 16, 16) = W_l^T; woutt: (16, 16) = W_out^T
- * zero-padded to 16 columns; bout: 16 (zero-padded); out: (n, out_dim). Returns 0. */
-int lmf_render16(int64_t n, int64_t in_dim, const float *x, const int64_t *index,
+ * zero-padded to 16 columns; bout: 16 (zero-padded); out: (n, out_dim). */
+int lmf_render16(int64_t n, int64_t in_dim, const float *x, const int64_t *index, int64_t n_cells,
                  int64_t depth, const float *tables, int64_t layer_stride, int64_t cell_stride,
                  const float *w0t, const float *wht, int64_t out_dim, const float *woutt,
                  const float *bout, float *out)
 {
+    if (n < 0 || depth < 1 || out_dim < 1 || out_dim > HD) return LMF_E_ARG;
+    for (int64_t j = 0; j < n; ++j)
+        if (index[j] < 0 || index[j] >= n_cells) return LMF_E_INDEX;
     int64_t i = 0;
     for (; i + R <= n; i += R)
         block(R, in_dim, x + i * in_dim, index + i, depth, tables, layer_stride, cell_stride,
@@ -111,7 +124,16 @@ int lmf_render16(int64_t n, int64_t in_dim, const float *x, const int64_t *index
     if (i < n)
         block((int)(n - i), in_dim, x + i * in_dim, index + i, depth, tables, layer_stride,
               cell_stride, w0t, wht, out_dim, woutt, bout, out + i * out_dim);
-    return 0;
+    return LMF_OK;
+}
+
+/* Arguments common to the look-up kernels: V shifts per axis, an h x w grid within the tables. */
+static inline int check_lookup(int64_t q, int64_t V, int64_t h, int64_t w, int64_t n_cells,
+                               int64_t depth, int64_t out_dim)
+{
+    if (q < 0 || (V != 1 && V != 2) || depth < 1 || out_dim < 1 || out_dim > HD) return LMF_E_ARG;
+    if (h < 1 || w < 1 || h > n_cells / w) return LMF_E_INDEX;
+    return LMF_OK;
 }
 
 /* Nearest cell along one axis: the number of thresholds t[1..n-1] <= x (t from
@@ -127,14 +149,6 @@ static inline int64_t axis_cell(float x, const float *t, int64_t n)
     return j;
 }
 
-/* Everything the query engine does per query, fused with the render and the blend, for the
- * queries of one image: local-ensemble look-up (V = 2 shifts per axis, or V = 1), relative
- * coordinate, optional relative cell, area weights, K = V*V modulated MLP passes, blend.
- *
- * coord/cell: (q, 2) (row, col) with row strides coord_sq/cell_sq (cell_sq may be 0);
- * use_cell: append cell * (h, w) to the MLP input; th_r/th_c, cen_r/cen_c: thresholds and cell
- * centres per axis; shift_r/shift_c: V shifts per axis; clamp: the look-up clamp; the rest as in
- * lmf_render16 (tables of this image). out: (q, out_dim). Returns 0. */
 /* Look-up of one query: the K = V*V neighbour cells (index), relative coordinates (rel) and
  * ensemble weights, exactly as query.locate computes them. */
 static inline void locate1(const float *c, int64_t V, int64_t h, int64_t w, const float *th_r,
@@ -189,14 +203,25 @@ render_blend(int m, int64_t K, int64_t in_x, const float *x, int64_t x_sk, int64
     store(m, sum, out_dim, out);
 }
 
+/* Everything the query engine does per query, fused with the render and the blend, for the
+ * queries of one image: local-ensemble look-up (V = 2 shifts per axis, or V = 1), relative
+ * coordinate, optional relative cell, area weights, K = V*V modulated MLP passes, blend.
+ *
+ * coord/cell: (q, 2) (row, col) with row strides coord_sq/cell_sq (cell_sq may be 0);
+ * use_cell: append cell * (h, w) to the MLP input; th_r/th_c, cen_r/cen_c: thresholds and cell
+ * centres per axis; shift_r/shift_c: V shifts per axis; clamp: the look-up clamp; the rest as in
+ * lmf_render16 (tables of this image, h * w <= n_cells; the look-up only yields cells of the
+ * h x w grid). out: (q, out_dim). */
 int lmf_query16(int64_t q, const float *coord, int64_t coord_sq, const float *cell,
                 int64_t cell_sq, int64_t use_cell, int64_t V, int64_t h, int64_t w,
                 const float *th_r, const float *th_c, const float *cen_r, const float *cen_c,
-                const float *shift_r, const float *shift_c, float clamp, int64_t depth,
+                const float *shift_r, const float *shift_c, float clamp, int64_t n_cells, int64_t depth,
                 const float *tables, int64_t layer_stride, int64_t cell_stride,
                 const float *w0t, const float *wht, int64_t out_dim, const float *woutt,
                 const float *bout, float *out)
 {
+    const int rc = check_lookup(q, V, h, w, n_cells, depth, out_dim);
+    if (rc != LMF_OK) return rc;
     const int64_t K = V * V, in_x = use_cell ? 4 : 2;
     for (int64_t i0 = 0; i0 < q; i0 += R) {
         const int m = (int)(q - i0 < R ? q - i0 : R);
@@ -223,7 +248,7 @@ int lmf_query16(int64_t q, const float *coord, int64_t coord_sq, const float *ce
         render_blend(m, K, in_x, &x[0][0][0], R * 4, 4, index, weight, depth, tables,
                      layer_stride, cell_stride, w0t, wht, out_dim, woutt, bout, out + i0 * out_dim);
     }
-    return 0;
+    return LMF_OK;
 }
 
 /* cos(pi p) and sin(pi p) as PyTorch evaluates them on float32: the argument pi*p is rounded
@@ -248,19 +273,21 @@ static inline void cos_sin_pi(float p, float *c, float *s)
 /* LM-LTE's per-query path in one pass: look-up as lmf_query16; for neighbour k with cell
  * table row [coef (2m) | freq (2m)] (code + index * code_stride) the MLP input is
  * coef * [cos(pi phi), sin(pi phi)], phi_j = freq_2j * rel_row + freq_2j+1 * rel_col + phase_j
- * (phase: m floats per query, row stride phase_sq, 0 to share). m <= 64. Returns 0, or 1 if m
- * is too large. */
+ * (phase: m floats per query, row stride phase_sq, 0 to share); code has n_cells rows too.
+ * m2 = 2m <= 128 and even, else LMF_E_WIDTH. */
 int lmf_lte16(int64_t q, const float *coord, int64_t coord_sq, const float *phase,
               int64_t phase_sq, int64_t m2, int64_t V, int64_t h, int64_t w, const float *th_r,
               const float *th_c, const float *cen_r, const float *cen_c, const float *shift_r,
               const float *shift_c, float clamp, const float *code, int64_t code_stride,
-              int64_t depth, const float *tables, int64_t layer_stride, int64_t cell_stride,
-              const float *w0t, const float *wht, int64_t out_dim, const float *woutt,
-              const float *bout, float *out)
+              int64_t n_cells, int64_t depth, const float *tables, int64_t layer_stride,
+              int64_t cell_stride, const float *w0t, const float *wht, int64_t out_dim,
+              const float *woutt, const float *bout, float *out)
 {
     enum { MAXIN = 128 };
     const int64_t m = m2 / 2, K = V * V;
-    if (m2 > MAXIN || m2 % 2) return 1;
+    if (m2 > MAXIN || m2 < 2 || m2 % 2) return LMF_E_WIDTH;
+    const int rc = check_lookup(q, V, h, w, n_cells, depth, out_dim);
+    if (rc != LMF_OK) return rc;
     for (int64_t i0 = 0; i0 < q; i0 += R) {
         const int mq = (int)(q - i0 < R ? q - i0 : R);
         float x[4][R][MAXIN];
@@ -289,5 +316,5 @@ int lmf_lte16(int64_t q, const float *coord, int64_t coord_sq, const float *phas
         render_blend(mq, K, m2, &x[0][0][0], R * MAXIN, MAXIN, index, weight, depth, tables,
                      layer_stride, cell_stride, w0t, wht, out_dim, woutt, bout, out + i0 * out_dim);
     }
-    return 0;
+    return LMF_OK;
 }

@@ -62,6 +62,7 @@ def test_cpu_path_does_not_route_here_by_default():
     with triton_render.on_cpu():
         assert triton_render.usable(16, t, torch.zeros(1, 4, 2)) == (triton_render.unavailable_reason() is None)
         assert not triton_render.usable(8, t)  # only the 16-wide render
+        assert not triton_render.usable(16, t, in_width=fast_render.LTE_MAX_INPUT + 1)  # LM-LTE's limit
         with fast_render.disabled():
             assert not triton_render.usable(16, t)
 

@@ -98,6 +98,8 @@ def main() -> None:
     ap.add_argument("--bsize", type=int, default=None, help="query chunk (default: each model's)")
     ap.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-macs", action="store_true",
+                    help="skip counting MACs (a second pass on the PyTorch path: slow for LIIF/LTE at large scales)")
     args = ap.parse_args()
 
     device = torch.device(args.device)
@@ -142,7 +144,7 @@ def main() -> None:
                 ren_fn = lambda: model.decode(lat, coord, cell, bsize=args.bsize, cmsr=False)  # noqa: E731
                 t_lat = timed(lat_fn, device, args.repeats)
                 t_ren = timed(ren_fn, device, args.repeats)
-                f_lat, f_ren = flops(lat_fn), flops(ren_fn)
+                f_lat, f_ren = (0, 0) if args.no_macs else (flops(lat_fn), flops(ren_fn))
                 rows.append(dict(model=name, scale=s, params=params, dec_params=dec_params,
                                  lat_gmac=f_lat / 2e9, ren_gmac=f_ren / 2e9, t_lat=t_lat, t_ren=t_ren,
                                  ren_gflops=f_ren / t_ren / 1e9))

@@ -9,7 +9,8 @@
 
 Any Pillow-readable input (PNG, JPEG, BMP, TIFF, ...; grayscale, palette, 16-bit). Colour is
 upscaled by the model; an alpha channel is upscaled separately with Pillow's bicubic filter and
-re-attached (JPEG output drops it). Grayscale inputs give grayscale outputs (L, or LA with alpha).
+re-attached (JPEG output drops it); the colour under fully transparent pixels is replaced by a fill
+from the visible ones first, so it cannot leak into the edge. Grayscale inputs give grayscale outputs (L, or LA with alpha).
 EXIF orientation is not applied: the output follows the stored pixel grid. A 1x1 image is a valid
 input. Output is 8-bit, PNG/JPEG/... by the output's extension, written atomically. Memory grows
 with the output image only: queries are rendered in row bands (``--bsize`` queries at a time).
@@ -98,64 +99,39 @@ def load(args: argparse.Namespace, device):
     return model, cmsr
 
 
-def render(model, img, size: tuple[int, int], args: argparse.Namespace, cmsr, stats: dict):
-    """(3, h, w) -> (3, H, W) in [0, 1], with a progress bar for large outputs."""
-    from models.inference import upsample
+def render(model, inp_path: Path, size: tuple[int, int], args: argparse.Namespace, cmsr, stats: dict):
+    """The input file -> (C, H, W) in [0, 1] (grayscale/alpha kept, hidden colour under transparent
+    pixels filled first: ``models.inference.upscale_image``), with a progress bar for large outputs."""
+    from models.inference import upscale_image
 
-    (H, W), (h, w) = size, img.shape[-2:]
+    H, W = size
     bar = None
     if H * W >= 4_000_000:
         try:
             from tqdm import tqdm
-            bar = tqdm(total=H, unit="row", desc=f"{w}x{h} -> {W}x{H}", file=sys.stderr, leave=False)
+            bar = tqdm(total=H, unit="row", desc=f"-> {W}x{H}", file=sys.stderr, leave=False)
         except ImportError:
             bar = None
-    sr = upsample(model, img.unsqueeze(0), (H, W), bsize=args.bsize, cmsr=cmsr, stats=stats,
-                  progress=bar.update if bar is not None else None)[0].cpu()
+    out = upscale_image(model, inp_path, size=(W, H), bsize=args.bsize, cmsr=cmsr, stats=stats,
+                        progress=bar.update if bar is not None else None)
     if bar is not None:
         bar.close()
-    return sr
-
-
-def with_input_mode(sr, inp_path: Path):
-    """Grayscale inputs give grayscale outputs; an alpha channel is upscaled with Pillow bicubic
-    and re-attached."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from utils.images import read_alpha
-
-    out = sr.mean(0, keepdim=True) if _is_gray(inp_path) else sr
-    alpha = read_alpha(inp_path)
-    if alpha is not None:
-        H, W = sr.shape[-2:]
-        a = Image.fromarray(alpha).resize((W, H), Image.BICUBIC)
-        a = torch.from_numpy(np.array(a, dtype=np.float32) / 255).unsqueeze(0)
-        out = torch.cat([out, a], dim=0)  # LA (gray) or RGBA
     return out
 
 
 def run(args: argparse.Namespace) -> dict:
     inp_path, out_path = check_paths(args)
-    from utils.images import load_image, save_image
+    from utils.images import read_image, save_image
 
-    img = load_image(inp_path)
-    h, w = img.shape[-2:]
+    h, w = read_image(inp_path).shape[:2]  # validates the file (one-line errors)
     H, W = output_size(args, h, w)
     device = pick_device(args.device)
     model, cmsr = load(args, device)
     stats: dict = {}
-    sr = render(model, img.to(device), (H, W), args, cmsr, stats)
+    out = render(model, inp_path, (H, W), args, cmsr, stats)
     del model
-    save_image(with_input_mode(sr, inp_path), out_path)
+    save_image(out, out_path)
     return {"in": (w, h), "out": (W, H), **stats}
-
-
-def _is_gray(path: Path) -> bool:
-    from PIL import Image
-    with Image.open(path) as im:
-        return im.mode in ("L", "LA", "1", "I", "I;16", "I;16L", "I;16B", "F")
 
 
 def build_parser() -> Parser:

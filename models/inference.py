@@ -90,3 +90,51 @@ def upsample(model: nn.Module, img: torch.Tensor, size: tuple[int, int], scale_m
             if progress is not None:
                 progress(r1 - r0)
     return out
+
+
+def output_size(w: int, h: int, scale: float | Sequence[float] | None = None,
+                size: Sequence[int] | None = None) -> tuple[int, int]:
+    """Target (H, W) for a w x h image: ``scale`` (one factor, or (sx, sy)) or ``size`` = (W, H)."""
+    if (scale is None) == (size is None):
+        raise ValueError("give exactly one of scale and size")
+    if size is not None:
+        W, H = (int(v) for v in size)
+    else:
+        sx, sy = (scale, scale) if isinstance(scale, (int, float)) else tuple(scale)
+        H, W = round(h * float(sy)), round(w * float(sx))
+    if H < 1 or W < 1:
+        raise ValueError(f"the output {W}x{H} is empty")
+    return H, W
+
+
+def upscale_image(model: nn.Module, image, scale: float | Sequence[float] | None = None,
+                  size: Sequence[int] | None = None, *, bsize: int | None = None,
+                  cmsr: CMSR | bool | None = None, stats: dict | None = None,
+                  progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Upscale an image file or PIL image -> (C, H, W) float tensor in [0, 1] on the CPU.
+
+    ``scale``: one factor or (sx, sy); ``size``: (W, H) as Pillow writes sizes. The colour is
+    upscaled by the model on the model's device. An alpha channel is upscaled with Pillow's
+    bicubic filter and appended (C = 4, or 2 for grayscale); the colour hidden under fully
+    transparent pixels is first replaced by a fill from the visible ones, so it cannot bleed
+    into the edge. Grayscale sources give one colour channel (the mean of the model's RGB).
+    ``utils.images.to_pil`` / ``save_image`` turn the result into a PIL image / a file.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from utils.images import fill_transparent, open_image
+
+    rgb, alpha, gray = open_image(image)
+    h, w = rgb.shape[-2:]
+    H, W = output_size(w, h, scale, size)
+    if alpha is not None:
+        rgb = fill_transparent(rgb, alpha)
+    dev = next(model.parameters()).device
+    sr = upsample(model, rgb.unsqueeze(0).to(dev), (H, W), bsize=bsize, cmsr=cmsr, stats=stats,
+                  progress=progress)[0].cpu()
+    out = sr.mean(0, keepdim=True) if gray else sr
+    if alpha is not None:
+        a = Image.fromarray(alpha).resize((W, H), Image.BICUBIC)
+        out = torch.cat([out, torch.from_numpy(np.array(a, dtype=np.float32) / 255).unsqueeze(0)], dim=0)
+    return out

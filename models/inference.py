@@ -69,6 +69,21 @@ def upsample(model: nn.Module, img: torch.Tensor, size: tuple[int, int], scale_m
         lat = model.prepare(normalise(img), lat_cell)
         out = img.new_empty(b, 3, H, W)
         active = model.active_cmsr(lat, H * W, cmsr)
+        requested = model.cmsr if cmsr is None or cmsr is True else (cmsr or None)
+        note = None
+        if requested is not None and active is None:
+            note = (f"CMSR does nothing for {model.__class__.__name__} (it needs an LMF model's modulations)"
+                    if lat.complexity is None else
+                    f"CMSR does nothing at x{max(scale_hw):g} (it acts only beyond x{model.max_train_scale:g}); "
+                    "rendered in full")
+        elif active is not None:
+            active.check_model(model)
+            s = (H * W / (h * w)) ** 0.5
+            if len([d for d in active.table.levels(s)[0] if d >= 1]) <= 1:
+                note = f"CMSR does nothing at x{s:g} (its table has no coarser level there); rendered in full"
+                active = None
+        if note is not None and stats is not None:
+            stats["cmsr_note"] = note
         if active is not None:
             coord = make_coord((H, W), device=dev).unsqueeze(0).expand(b, -1, -1)
             cell = clip_cell(make_cell((H, W), device=dev), scale_hw, scale_max).unsqueeze(0).expand(b, -1, -1)

@@ -82,6 +82,10 @@ def upsample(model: nn.Module, img: torch.Tensor, size: tuple[int, int], scale_m
             if len([d for d in active.table.levels(s)[0] if d >= 1]) <= 1:
                 note = f"CMSR does nothing at x{s:g} (its table has no coarser level there); rendered in full"
                 active = None
+        if active is not None and dev.type == "cpu":
+            from . import fast_render
+            if fast_render.library() is not None:
+                note = "on the CPU the full render is usually faster than CMSR (docs/cmsr.md)"
         if note is not None and stats is not None:
             stats["cmsr_note"] = note
         if active is not None:

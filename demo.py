@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from utils.cli import Parser, device_name, parse_scale, pick_device, positive_int, run_main, scale_label
@@ -106,13 +107,13 @@ def render(model, inp_path: Path, size: tuple[int, int], args: argparse.Namespac
 
     H, W = size
     bar = None
-    if H * W >= 4_000_000:
+    if H * W >= 4_000_000 or (H * W >= 1_000_000 and sys.stderr.isatty()):  # ~ a couple of seconds on a CPU
         try:
             from tqdm import tqdm
             bar = tqdm(total=H, unit="row", desc=f"-> {W}x{H}", file=sys.stderr, leave=False)
         except ImportError:
             bar = None
-    out = upscale_image(model, inp_path, size=(W, H), bsize=args.bsize, cmsr=cmsr, stats=stats,
+    out = upscale_image(model, inp_path, size=(H, W), bsize=args.bsize, cmsr=cmsr, stats=stats,
                         progress=bar.update if bar is not None else None)
     if bar is not None:
         bar.close()
@@ -128,10 +129,11 @@ def run(args: argparse.Namespace) -> dict:
     device = pick_device(args.device)
     model, cmsr = load(args, device)
     stats: dict = {}
+    t0 = time.perf_counter()
     out = render(model, inp_path, (H, W), args, cmsr, stats)
     del model
     save_image(out, out_path)
-    return {"in": (w, h), "out": (W, H), **stats}
+    return {"in": (w, h), "out": (W, H), "seconds": time.perf_counter() - t0, **stats}
 
 
 def build_parser() -> Parser:
@@ -152,10 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         args = build_parser().parse_args(argv)
         info = run(args)
-        extra = f", CMSR skipped {100 * info['cmsr_skipped_fraction']:.1f}% of render queries" \
-            if "cmsr_skipped_fraction" in info else ""
-        print(f"{args.input} ({info['in'][0]}x{info['in'][1]}) -> {args.output} "
-              f"({info['out'][0]}x{info['out'][1]}){extra}")
+        (w, h), (W, H) = info["in"], info["out"]
+        extra = f" in {info['seconds']:.1f} s"
+        sx, sy = W / w, H / h
+        if abs(sx / sy - 1) > 0.01:
+            extra += f", aspect ratio changed (x{sy:.3g} vertically, x{sx:.3g} horizontally)"
+        if "cmsr_skipped_fraction" in info:
+            extra += f", CMSR skipped {100 * info['cmsr_skipped_fraction']:.1f}% of render queries"
+        if "cmsr_note" in info:
+            extra += f"; note: {info['cmsr_note']}"
+        print(f"{args.input} ({w}x{h}) -> {args.output} ({W}x{H}){extra}")
 
     return run_main(body, out_of_memory="out of GPU memory or RAM; use a smaller --scale/--size or pass a "
                     "smaller --bsize (queries rendered at a time), or use --device cpu",

@@ -16,7 +16,7 @@ the weights are loaded safely (``weights_only=True``); without one, the model is
 from the official recipe ``configs/train/train_<encoder>-<name>.yaml`` (``encoder``:
 ``edsr-baseline``, ``rdn`` or ``swinir``), e.g. to train or fine-tune it yourself. Every model
 returned is in eval mode and has ``model.upscale(image, scale=None, size=None)``: a file path or
-PIL image in, a PIL image out (alpha and grayscale kept).
+PIL image in, a PIL image out (alpha and grayscale kept; ``scale`` a factor or (sy, sx), ``size`` (H, W)).
 """
 from pathlib import Path as _Path
 

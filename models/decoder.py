@@ -108,7 +108,8 @@ class ImplicitDecoder(nn.Module):
                 size: tuple[int, int] | None = None, **kwargs):
         """High-level use: an image file path or PIL image -> upscaled PIL image.
 
-        ``scale``: one factor or (sx, sy); ``size``: (width, height). Alpha and grayscale are
+        ``scale``: one factor or (sy, sx); ``size``: (height, width), the HxW order used
+        everywhere. Alpha and grayscale are
         kept (see :func:`models.inference.upscale_image`, which also takes ``bsize``, ``cmsr``,
         ``stats`` and ``progress``). Runs on the model's device, in bounded memory.
         """

@@ -111,18 +111,19 @@ def upsample(model: nn.Module, img: torch.Tensor, size: tuple[int, int], scale_m
     return out
 
 
-def output_size(w: int, h: int, scale: float | Sequence[float] | None = None,
+def output_size(h: int, w: int, scale: float | Sequence[float] | None = None,
                 size: Sequence[int] | None = None) -> tuple[int, int]:
-    """Target (H, W) for a w x h image: ``scale`` (one factor, or (sx, sy)) or ``size`` = (W, H)."""
+    """Target (H, W) of an h x w image: ``scale`` (one factor, or (sy, sx) in the HxW order used
+    everywhere) or ``size`` = (H, W)."""
     if (scale is None) == (size is None):
         raise ValueError("give exactly one of scale and size")
     if size is not None:
-        W, H = (int(v) for v in size)
+        H, W = (int(v) for v in size)
     else:
-        sx, sy = (scale, scale) if isinstance(scale, (int, float)) else tuple(scale)
+        sy, sx = (scale, scale) if isinstance(scale, (int, float)) else tuple(scale)
         H, W = round(h * float(sy)), round(w * float(sx))
     if H < 1 or W < 1:
-        raise ValueError(f"the output {W}x{H} is empty")
+        raise ValueError(f"the output {H}x{W} (HxW) is empty")
     return H, W
 
 
@@ -132,7 +133,8 @@ def upscale_image(model: nn.Module, image, scale: float | Sequence[float] | None
                   progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Upscale an image file or PIL image -> (C, H, W) float tensor in [0, 1] on the CPU.
 
-    ``scale``: one factor or (sx, sy); ``size``: (W, H) as Pillow writes sizes. The colour is
+    ``scale``: one factor or (sy, sx); ``size``: (H, W) (the HxW order of the whole project).
+    The colour is
     upscaled by the model on the model's device. An alpha channel is upscaled with Pillow's
     bicubic filter and appended (C = 4, or 2 for grayscale); the colour hidden under fully
     transparent pixels is first replaced by a fill from the visible ones, so it cannot bleed
@@ -146,7 +148,7 @@ def upscale_image(model: nn.Module, image, scale: float | Sequence[float] | None
 
     rgb, alpha, gray = open_image(image)
     h, w = rgb.shape[-2:]
-    H, W = output_size(w, h, scale, size)
+    H, W = output_size(h, w, scale, size)
     if alpha is not None:
         rgb = fill_transparent(rgb, alpha)
     dev = next(model.parameters()).device

@@ -44,8 +44,8 @@ def test_hub_lmliif_is_the_bundled_model():
     sd, sd_ref = hub.state_dict(), ref.state_dict()
     assert sd.keys() == sd_ref.keys() and all(torch.equal(sd[k], sd_ref[k]) for k in sd)
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (9, 11), dtype=np.uint8))  # grayscale
-    out = hub.upscale(img, size=(25, 20))
-    assert out.mode == "L" and out.size == (25, 20)
+    out = hub.upscale(img, size=(25, 20))                 # (H, W)
+    assert out.mode == "L" and out.size == (20, 25)       # PIL: (W, H)
 
 
 def test_hub_other_entry_points_build_untrained_or_refuse_other_models(tmp_path):

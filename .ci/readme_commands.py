@@ -26,7 +26,7 @@ BUNDLED = "weights/lmliif_edsr-b_cpu.pth"
 RUN = [
     "python demo.py --input samples/shapes.png --scale 4 --output shapes_x4.png",
     "python demo.py --input samples/clouds.png --scale 3.5 --output out.png",
-    "python demo.py --input samples/clouds.png --scale 2,3 --output out.png",
+    "python demo.py --input samples/clouds.png --scale 3x2 --output out.png",
     "python demo.py --input samples/shapes.png --size 640x480 --output out.jpg",
     "python demo.py --input samples/badge_rgba.png --scale 4 --output badge.png",
     "python demo.py --input samples/rings.png --scale 12 --cmsr --output out.png",

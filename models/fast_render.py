@@ -43,10 +43,14 @@ _disabled = threading.local()
 
 
 def _cache_dir() -> Path:
-    """``$LMF_CACHE_DIR``, else ``$XDG_CACHE_HOME`` or ``~/.cache``, + ``/lmf-sr``; if that cannot
-    be created (read-only home), a per-user folder in the system temp dir."""
-    root = os.environ.get("LMF_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    folder = Path(root) / "lmf-sr"
+    """``$LMF_CACHE_DIR`` itself (the built kernel goes directly into it), else
+    ``$XDG_CACHE_HOME/lmf-sr`` or ``~/.cache/lmf-sr``; if that cannot be created (read-only
+    home), a per-user folder in the system temp dir."""
+    own = os.environ.get("LMF_CACHE_DIR")
+    if own:
+        folder = Path(os.path.expanduser(own))
+    else:
+        folder = Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "lmf-sr"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if os.access(folder, os.W_OK):

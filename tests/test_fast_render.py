@@ -139,12 +139,12 @@ def test_cache_is_reused(monkeypatch, tmp_path):
     monkeypatch.setattr(fast_render, "_lib", None)
     monkeypatch.setattr(fast_render, "_failed", False)
     assert fast_render.library() is not None
-    built = list((tmp_path / "lmf-sr").iterdir())
+    built = list(tmp_path.iterdir())  # LMF_CACHE_DIR is the folder itself
     assert len(built) == 1 and built[0].name.startswith("render16-")
     stamp = built[0].stat().st_mtime_ns
     monkeypatch.setattr(fast_render, "_lib", None)
     assert fast_render.library() is not None
-    assert built[0].stat().st_mtime_ns == stamp and len(list((tmp_path / "lmf-sr").iterdir())) == 1
+    assert built[0].stat().st_mtime_ns == stamp and len(list(tmp_path.iterdir())) == 1
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 24, 90, 161, 1000])

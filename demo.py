@@ -9,7 +9,8 @@
 
 Any Pillow-readable input (PNG, JPEG, BMP, TIFF, ...; grayscale, palette, 16-bit). Colour is
 upscaled by the model; an alpha channel is upscaled separately with Pillow's bicubic filter and
-re-attached (JPEG output drops it). Grayscale inputs give grayscale outputs (L, or LA with alpha).
+re-attached (JPEG output drops it); the colour under fully transparent pixels is replaced by a fill
+from the visible ones first, so it cannot leak into the edge. Grayscale inputs give grayscale outputs (L, or LA with alpha).
 EXIF orientation is not applied: the output follows the stored pixel grid. A 1x1 image is a valid
 input. Output is 8-bit, PNG/JPEG/... by the output's extension, written atomically. Memory grows
 with the output image only: queries are rendered in row bands (``--bsize`` queries at a time).
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from utils.cli import Parser, device_name, parse_scale, pick_device, positive_int, run_main, scale_label
@@ -98,64 +100,40 @@ def load(args: argparse.Namespace, device):
     return model, cmsr
 
 
-def render(model, img, size: tuple[int, int], args: argparse.Namespace, cmsr, stats: dict):
-    """(3, h, w) -> (3, H, W) in [0, 1], with a progress bar for large outputs."""
-    from models.inference import upsample
+def render(model, inp_path: Path, size: tuple[int, int], args: argparse.Namespace, cmsr, stats: dict):
+    """The input file -> (C, H, W) in [0, 1] (grayscale/alpha kept, hidden colour under transparent
+    pixels filled first: ``models.inference.upscale_image``), with a progress bar for large outputs."""
+    from models.inference import upscale_image
 
-    (H, W), (h, w) = size, img.shape[-2:]
+    H, W = size
     bar = None
-    if H * W >= 4_000_000:
+    if H * W >= 4_000_000 or (H * W >= 1_000_000 and sys.stderr.isatty()):  # ~ a couple of seconds on a CPU
         try:
             from tqdm import tqdm
-            bar = tqdm(total=H, unit="row", desc=f"{w}x{h} -> {W}x{H}", file=sys.stderr, leave=False)
+            bar = tqdm(total=H, unit="row", desc=f"-> {W}x{H}", file=sys.stderr, leave=False)
         except ImportError:
             bar = None
-    sr = upsample(model, img.unsqueeze(0), (H, W), bsize=args.bsize, cmsr=cmsr, stats=stats,
-                  progress=bar.update if bar is not None else None)[0].cpu()
+    out = upscale_image(model, inp_path, size=(H, W), bsize=args.bsize, cmsr=cmsr, stats=stats,
+                        progress=bar.update if bar is not None else None)
     if bar is not None:
         bar.close()
-    return sr
-
-
-def with_input_mode(sr, inp_path: Path):
-    """Grayscale inputs give grayscale outputs; an alpha channel is upscaled with Pillow bicubic
-    and re-attached."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from utils.images import read_alpha
-
-    out = sr.mean(0, keepdim=True) if _is_gray(inp_path) else sr
-    alpha = read_alpha(inp_path)
-    if alpha is not None:
-        H, W = sr.shape[-2:]
-        a = Image.fromarray(alpha).resize((W, H), Image.BICUBIC)
-        a = torch.from_numpy(np.array(a, dtype=np.float32) / 255).unsqueeze(0)
-        out = torch.cat([out, a], dim=0)  # LA (gray) or RGBA
     return out
 
 
 def run(args: argparse.Namespace) -> dict:
     inp_path, out_path = check_paths(args)
-    from utils.images import load_image, save_image
+    from utils.images import read_image, save_image
 
-    img = load_image(inp_path)
-    h, w = img.shape[-2:]
+    h, w = read_image(inp_path).shape[:2]  # validates the file (one-line errors)
     H, W = output_size(args, h, w)
     device = pick_device(args.device)
     model, cmsr = load(args, device)
     stats: dict = {}
-    sr = render(model, img.to(device), (H, W), args, cmsr, stats)
+    t0 = time.perf_counter()
+    out = render(model, inp_path, (H, W), args, cmsr, stats)
     del model
-    save_image(with_input_mode(sr, inp_path), out_path)
-    return {"in": (w, h), "out": (W, H), **stats}
-
-
-def _is_gray(path: Path) -> bool:
-    from PIL import Image
-    with Image.open(path) as im:
-        return im.mode in ("L", "LA", "1", "I", "I;16", "I;16L", "I;16B", "F")
+    save_image(out, out_path)
+    return {"in": (w, h), "out": (W, H), "seconds": time.perf_counter() - t0, **stats}
 
 
 def build_parser() -> Parser:
@@ -176,10 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         args = build_parser().parse_args(argv)
         info = run(args)
-        extra = f", CMSR skipped {100 * info['cmsr_skipped_fraction']:.1f}% of render queries" \
-            if "cmsr_skipped_fraction" in info else ""
-        print(f"{args.input} ({info['in'][0]}x{info['in'][1]}) -> {args.output} "
-              f"({info['out'][0]}x{info['out'][1]}){extra}")
+        (w, h), (W, H) = info["in"], info["out"]
+        extra = f" in {info['seconds']:.1f} s"
+        sx, sy = W / w, H / h
+        if abs(sx / sy - 1) > 0.01:
+            extra += f", aspect ratio changed (x{sy:.3g} vertically, x{sx:.3g} horizontally)"
+        if "cmsr_skipped_fraction" in info:
+            extra += f", CMSR skipped {100 * info['cmsr_skipped_fraction']:.1f}% of render queries"
+        if "cmsr_note" in info:
+            extra += f"; note: {info['cmsr_note']}"
+        print(f"{args.input} ({w}x{h}) -> {args.output} ({W}x{H}){extra}")
 
     return run_main(body, out_of_memory="out of GPU memory or RAM; use a smaller --scale/--size or pass a "
                     "smaller --bsize (queries rendered at a time), or use --device cpu",

@@ -21,6 +21,7 @@ import glob
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from utils.checkpoint import load_checkpoint, save_atomic
 from utils.cli import Parser, device_name, non_negative_int, pick_device, run_main
 from utils.config import TRAIN, load_config
 from utils.errors import UserError
+from utils.tb_events import drop_steps_from
 
 REGISTRIES = {"model": models.registry.MODELS, "dataset": datasets.DATASETS}
 
@@ -114,22 +116,45 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: dict):
 
 
 class Log:
-    """log.txt + stdout (rank 0 only) and TensorBoard scalars."""
+    """log.txt + stdout (rank 0 only) and TensorBoard scalars.
+
+    Lines are printed at once but reach ``log.txt`` only once :meth:`start` has made the run
+    folder, so a start that fails (missing data, bad config) leaves no folder behind.
+    """
 
     def __init__(self, folder: str | None) -> None:
         self.folder, self.writer = folder, None
-        if folder is None:
+        self.started, self.pending = False, []
+
+    def start(self, resume_step: int | None = None) -> None:
+        """The run folder exists now: write the pending lines and open TensorBoard.
+        ``resume_step``: the first step a resumed run logs; events that the interrupted run wrote
+        from there on are removed first (they are about to be logged again)."""
+        if self.folder is None:
             return
+        self.started = True
+        pending, self.pending = self.pending, []
+        with open(os.path.join(self.folder, "log.txt"), "a") as f:
+            f.writelines(m + "\n" for m in pending)
         try:
             from tensorboardX import SummaryWriter
-            self.writer = SummaryWriter(os.path.join(folder, "tensorboard"))
         except ImportError:
             self("warning: tensorboardX is not installed; no TensorBoard logs")
+            return
+        tb = os.path.join(self.folder, "tensorboard")
+        if resume_step is not None and os.path.isdir(tb):
+            n = drop_steps_from(tb, resume_step)
+            if n:
+                self(f"TensorBoard: removed {n} event(s) logged after the checkpoint (step >= {resume_step})")
+        self.writer = SummaryWriter(tb, purge_step=resume_step)
 
     def __call__(self, msg: str) -> None:
         if self.folder is None:
             return
         print(msg, flush=True)
+        if not self.started:
+            self.pending.append(msg)
+            return
         with open(os.path.join(self.folder, "log.txt"), "a") as f:
             f.write(msg + "\n")
 
@@ -159,10 +184,10 @@ def train_epoch(model, loader, optimizer, cfg, device, amp, log: Log, epoch: int
                 scaler=None, teacher: distill.Teacher | None = None) -> float:
     model.train()
     norm_in, norm_gt = cfg["data_norm"]["inp"], cfg["data_norm"]["gt"]
-    limit = cfg.get("max_iters_per_epoch")
-    n_iter = len(loader) if limit is None else min(limit, len(loader))
+    n_iter = iters_per_epoch(cfg, loader)
     total, count = 0.0, 0
     bar = _progress(n_iter, f"epoch {epoch}", rank)
+    t_start = time.time()
     for it, batch in enumerate(loader):
         if it >= n_iter:
             break
@@ -199,10 +224,17 @@ def train_epoch(model, loader, optimizer, cfg, device, amp, log: Log, epoch: int
             bar.set_postfix(loss=f"{total / count:.4f}")
             bar.update(1)
         elif rank == 0 and (it + 1) % max(1, n_iter // 4) == 0 and it + 1 < n_iter:
-            print(f"  epoch {epoch}: {it + 1}/{n_iter} iterations, loss={total / count:.4f}", flush=True)
+            spi = (time.time() - t_start) / (it + 1)
+            print(f"  epoch {epoch}: {it + 1}/{n_iter} iterations, loss={total / count:.4f}, {spi:.2f} s/it, "
+                  f"epoch ETA {_duration(spi * (n_iter - it - 1))}", flush=True)
     if bar is not None:
         bar.close()
     return total / max(count, 1)
+
+
+def iters_per_epoch(cfg: dict, loader) -> int:
+    limit = cfg.get("max_iters_per_epoch")
+    return len(loader) if limit is None else min(limit, len(loader))
 
 
 def training_loss(pred: torch.Tensor, gt: torch.Tensor, target: torch.Tensor | None,
@@ -350,20 +382,56 @@ def choose_amp(name: str, device: torch.device) -> tuple[torch.dtype | None, Any
     return amp, (torch.amp.GradScaler("cuda") if amp is torch.float16 else None)
 
 
-def prepare_folder(folder: str, cfg: dict, rank: int) -> Log:
-    """Rank 0 writes config.yaml and removes the temporary files of checkpoint writes that a
-    crash interrupted; every rank gets its Log (silent except on rank 0)."""
-    stale = []
+RUN_FILES = ("epoch-*.pth", "log.txt", "config.yaml", "tensorboard")
+
+
+def _run_files(folder: str) -> list[str]:
+    found = []
+    for pattern in RUN_FILES:
+        found += sorted(os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(folder), pattern)))
+    return found
+
+
+def check_fresh_folder(folder: str, overwrite: bool) -> None:
+    """A new run must not write into a folder that holds another run's files (checkpoints, log)."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"run folder {folder} exists and is not a folder")
+    found = _run_files(folder) if os.path.isdir(folder) else []
+    if found and not overwrite:
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise UserError(f"run folder {folder} already holds a run ({shown}); continue it with --resume, "
+                        "start a separate run with --name NEW_NAME, or replace it with --overwrite")
+
+
+def clear_run_folder(folder: str) -> list[str]:
+    """--overwrite: remove the previous run's own files (checkpoints, log, config, TensorBoard);
+    anything else in the folder is left alone."""
+    found = _run_files(folder)
+    for name in found:
+        p = os.path.join(folder, name)
+        shutil.rmtree(p) if os.path.isdir(p) else os.unlink(p)
+    return found
+
+
+def prepare_folder(folder: str, cfg: dict, rank: int, log: Log, overwrite: bool = False,
+                   resume_step: int | None = None) -> None:
+    """Once everything else is ready: rank 0 makes the run folder (with --overwrite: after removing
+    the previous run's files), writes config.yaml, removes the temporary files of checkpoint writes
+    that a crash interrupted, and starts the log."""
+    stale, cleared = [], []
     if rank == 0:
+        if overwrite and os.path.isdir(folder):
+            cleared = clear_run_folder(folder)
         os.makedirs(folder, exist_ok=True)
         write_text_atomic(os.path.join(folder, "config.yaml"), yaml.safe_dump(cfg, sort_keys=False))
         stale = glob.glob(os.path.join(glob.escape(folder), f"{TMP_PREFIX}*.pth"))
         for tmp in stale:
             os.unlink(tmp)
-    log = Log(folder if rank == 0 else None)
+    log.start(resume_step)
+    if cleared:
+        log(f"--overwrite: removed the previous run's {', '.join(cleared)} from {folder}")
     if stale:
         log(f"removed {len(stale)} temporary file(s) left by an interrupted checkpoint write")
-    return log
 
 
 def build_model(cfg: dict, source: str, device: torch.device) -> nn.Module:
@@ -428,13 +496,14 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.step()
         msg = f"epoch {epoch}/{cfg['epoch_max']}, train: loss={loss:.4f}, lr={lr:.2e}"
-        self.log.scalar("lr", lr, epoch)
+        step = epoch * iters_per_epoch(cfg, self.train_loader)  # one step axis: iterations
+        self.log.scalar("lr", lr, step)
         is_best = False
         if self.val_loader is not None and epoch % (cfg.get("epoch_val") or 1) == 0:
             psnr = validate(self.net, self.val_loader, cfg, procs.device, procs.world)
             if math.isnan(psnr):
                 raise self.diverged(f"validation PSNR is nan after epoch {epoch} (the model outputs inf/nan)")
-            self.log.scalar("psnr/val", psnr, epoch)
+            self.log.scalar("psnr/val", psnr, step)
             msg += f", val: psnr={psnr:.4f}"
             if psnr > self.best:
                 self.best, is_best = psnr, True
@@ -460,7 +529,12 @@ class Trainer:
             t_ep = time.time()
             msg = self.epoch(epoch)
             elapsed = time.time() - t0
-            self.log(f"{msg}, {time.time() - t_ep:.1f}s (total {elapsed / 60:.1f} min)")
+            done, left = epoch - epoch_start + 1, cfg["epoch_max"] - epoch
+            if cfg.get("max_minutes"):
+                left = min(left, max(0, math.ceil((cfg["max_minutes"] * 60 - elapsed) / (elapsed / done))))
+            t_it = (time.time() - t_ep) / max(iters_per_epoch(cfg, self.train_loader), 1)
+            self.log(f"{msg}, {time.time() - t_ep:.1f}s ({t_it:.2f} s/it; total {elapsed / 60:.1f} min, "
+                     f"ETA {_duration(elapsed / done * left)})")
             if cfg.get("max_minutes") and elapsed / 60 >= cfg["max_minutes"] and epoch < cfg["epoch_max"]:
                 self.log(f"stopping after epoch {epoch}: max_minutes={cfg['max_minutes']} reached "
                          "(resume with --resume)")
@@ -523,8 +597,12 @@ def run(args: argparse.Namespace) -> None:
     cfg = choose_config(args, resume_ckpt)
     folder = os.path.join(args.save_root, args.name or _default_name(args.config or "run"))
     amp = choose_amp(args.amp, procs.device)  # refused before anything is written
-    log = prepare_folder(folder, cfg, procs.rank)
+    if resume_ckpt is None:
+        check_fresh_folder(folder, args.overwrite)  # nothing in the folder changes before this check
+    log = Log(folder if procs.rank == 0 else None)  # prints now; log.txt once the folder is made
     trainer, epoch_start = make_trainer(args, procs, cfg, folder, log, resume_ckpt, amp)
+    resume_step = (epoch_start - 1) * iters_per_epoch(cfg, trainer.train_loader) + 1 if resume_ckpt else None
+    prepare_folder(folder, cfg, procs.rank, log, args.overwrite and resume_ckpt is None, resume_step)
     trainer.fit(epoch_start)
     if procs.world > 1:
         check_replicas(trainer.model, procs, log)
@@ -535,6 +613,13 @@ def _diverged(what: str, last_saved: int, folder: str) -> str:
     kept = (f"the last good checkpoint (epoch {last_saved}) is kept in {os.path.join(folder, 'epoch-last.pth')}"
             if last_saved > 0 else "no checkpoint had been written yet")
     return f"{what}: training stopped; {kept} (try a lower learning rate)"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
 def _default_name(config: str) -> str:
@@ -550,6 +635,9 @@ def build_parser() -> Parser:
                     help="auto | cpu | cuda | cuda:N (torchrun: one GPU per process)")
     ap.add_argument("--resume", nargs="?", const="auto",
                     help="checkpoint to resume (default: <save-root>/<name>/epoch-last.pth)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="start over in an existing run folder, removing its checkpoints, log and TensorBoard files "
+                         "(without it, a folder holding a run is refused: use --resume or another --name)")
     ap.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
                     help="mixed-precision autocast: bf16 (CUDA or CPU; on CPUs with AVX512-BF16/AMX the "
                          "convolutions run ~1.7x faster) or fp16 (CUDA, with loss scaling)")

@@ -71,6 +71,18 @@ def _read_split(split_file: str, split_key: str | None) -> list[str]:
     return names
 
 
+def _data_hint(folder: Path) -> str:
+    """How to get a missing folder that lies under the data root (configs' ``${LMF_DATA}``)."""
+    from utils.config import DATA_VAR, data_root
+
+    try:
+        folder.absolute().relative_to(data_root())
+    except ValueError:
+        return ""
+    return (f" (the data root is {data_root()}: set {DATA_VAR} to the folder that holds benchmark/, "
+            "div2k/ and train/, or fetch a set with python scripts/get_data.py NAME; see docs/data.md)")
+
+
 @register("image-folder")
 class ImageFolder(Dataset):
     """The images of one folder, as (3, H, W) float tensors in [0, 1]."""
@@ -94,7 +106,7 @@ class ImageFolder(Dataset):
         for root in map(Path, roots):
             if not root.is_dir():
                 what = "is not a folder" if root.exists() else "does not exist"
-                raise UserError(f"image folder {root} {what}")
+                raise UserError(f"image folder {root} {what}{_data_hint(root)}")
             names = list_images(root) if split_file is None else _read_split(split_file, split_key)
             self.files += [root / n for n in names]
         self.root = Path(roots[0])

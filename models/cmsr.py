@@ -45,12 +45,31 @@ def _number(x: Any, what: str) -> float:
     return float(x)
 
 
-class Scale2Mod:
-    """Target scale -> {decode scale: upper bound on the modulation mean}, keys ascending."""
+CHECKPOINT_KEY = "checkpoint"  # the table's record of the weights it was built for
 
-    def __init__(self, rows: Mapping[Any, Mapping[Any, Any]]) -> None:
+
+class Scale2Mod:
+    """Target scale -> {decode scale: upper bound on the modulation mean}, keys ascending.
+
+    The thresholds are only meaningful for the weights they were calibrated on; a table made by
+    ``scripts/init_cmsr.py`` records them as ``checkpoint: <sha256 of the state dict>``
+    (:func:`utils.checkpoint.state_dict_digest`), and CMSR refuses to use it with other weights
+    unless told to (``CMSR(..., allow_other_checkpoint=True)``). Tables without the record (the
+    official ones) cannot be checked and are used as they are.
+    """
+
+    def __init__(self, rows: Mapping[Any, Mapping[Any, Any]], checkpoint: str | None = None,
+                 source: str | None = None) -> None:
         if not isinstance(rows, Mapping) or not rows:
             raise UserError("Scale2Mod table must be a non-empty mapping target scale -> {decode scale: threshold}")
+        rows = dict(rows)
+        recorded = rows.pop(CHECKPOINT_KEY, None)
+        if recorded is not None and not (isinstance(recorded, str) and len(recorded) == 64):
+            raise UserError(f"Scale2Mod table: {CHECKPOINT_KEY!r} must be the 64-digit sha256 of a state dict")
+        self.checkpoint = checkpoint or recorded
+        self.source = source
+        if not rows:
+            raise UserError("Scale2Mod table has no rows (target scale -> {decode scale: threshold})")
         parsed: dict[float, dict[float, float]] = {}
         for target, row in rows.items():
             t = _number(target, "a target scale")
@@ -75,11 +94,12 @@ class Scale2Mod:
         except yaml.YAMLError as e:
             raise UserError(f"Scale2Mod table {os.fspath(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
         try:
-            return cls(data)
+            return cls(data, source=os.fspath(path))
         except UserError as e:  # say which file: the message alone does not
             raise UserError(f"{os.fspath(path)}: {e}") from None
 
     def to_dict(self) -> dict[float, dict[float, float]]:
+        """The rows (without the checkpoint record)."""
         return {k: dict(v) for k, v in self.rows.items()}
 
     def row_for(self, scale: float) -> dict[float, float]:
@@ -122,6 +142,20 @@ class CMSR:
 
     table: Scale2Mod
     mse_threshold: float | None = None
+    allow_other_checkpoint: bool = False
+
+    def check_model(self, model: "ImplicitDecoder") -> None:
+        """Refuse a table recorded for other weights than ``model``'s (unless allowed)."""
+        if self.table.checkpoint is None or self.allow_other_checkpoint:
+            return
+        from utils.checkpoint import state_dict_digest
+
+        digest = state_dict_digest(model.state_dict())
+        if digest != self.table.checkpoint:
+            name = self.table.source or "the Scale2Mod table"
+            raise UserError(f"{name} was built for other weights (state dict sha256 {self.table.checkpoint[:12]}..., "
+                            f"this model {digest[:12]}...): build one for this model with scripts/init_cmsr.py, "
+                            "or allow it explicitly (allow_other_checkpoint)")
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any] | "CMSR") -> "CMSR":
@@ -132,9 +166,10 @@ class CMSR:
             return cls(Scale2Mod.load(spec))
         if not isinstance(spec, Mapping):
             raise UserError(f"cmsr_spec must be a mapping, got {type(spec).__name__}")
-        unknown = set(spec) - {"mse_threshold", "s2m_tables", "log", "updating_scale"}
+        unknown = set(spec) - {"mse_threshold", "s2m_tables", "log", "updating_scale", "allow_other_checkpoint"}
         if unknown:
-            raise UserError(f"cmsr_spec: unknown key(s) {sorted(unknown)}; allowed: mse_threshold, s2m_tables, log")
+            raise UserError(f"cmsr_spec: unknown key(s) {sorted(unknown)}; allowed: mse_threshold, s2m_tables, log, "
+                            "allow_other_checkpoint")
         if "updating_scale" in spec:
             raise UserError("cmsr_spec: 'updating_scale' (table generation inside the model) is not "
                             "supported; build tables with the table-generation script")
@@ -144,7 +179,7 @@ class CMSR:
         table = tables if isinstance(tables, Scale2Mod) else (
             Scale2Mod.load(tables) if isinstance(tables, (str, os.PathLike)) else Scale2Mod(tables))
         thr = spec.get("mse_threshold")
-        return cls(table, None if thr is None else float(thr))
+        return cls(table, None if thr is None else float(thr), bool(spec.get("allow_other_checkpoint", False)))
 
     # ------------------------------------------------------------------------------------
     def decode(self, model: "ImplicitDecoder", lat: "Latent", coord: torch.Tensor, bsize: int,
@@ -155,6 +190,7 @@ class CMSR:
         all Q queries (the official log's "valid mask" divides by (S/d)² instead, which is not
         a cost; we report plain query counts).
         """
+        self.check_model(model)
         outs, rendered = [], 0.0
         for i in range(coord.shape[0]):
             one = lat.image(i)

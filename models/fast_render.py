@@ -48,17 +48,20 @@ _disabled = threading.local()
 
 
 def _cache_dir() -> Path:
-    """Where the compiled kernel is kept: ``$LMF_CACHE_DIR``, else ``$XDG_CACHE_HOME`` or
-    ``~/.cache``, + ``/lmf-sr``; if that cannot be used, ``<system temp>/lmf-sr-<uid>``.
+    """Where the compiled kernel is kept: ``$LMF_CACHE_DIR`` itself (the library goes directly
+    into it), else ``$XDG_CACHE_HOME/lmf-sr`` or ``~/.cache/lmf-sr``; if that cannot be used,
+    ``<system temp>/lmf-sr-<uid>``.
 
     A folder is used only if it is a real folder (not a link) owned by this user and writable by
     no one else: the library in it is loaded into this process, so anyone who could write there
     could run code as this user (e.g. by creating ``/tmp/lmf-sr-<uid>`` first). When neither
     folder qualifies the kernel is built in a fresh private temp folder, removed at exit.
     """
-    root = os.environ.get("LMF_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    own = os.environ.get("LMF_CACHE_DIR")
+    first = Path(os.path.expanduser(own)) if own else \
+        Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "lmf-sr"
     user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
-    for folder in (Path(root) / "lmf-sr", Path(tempfile.gettempdir()) / f"lmf-sr-{user}"):
+    for folder in (first, Path(tempfile.gettempdir()) / f"lmf-sr-{user}"):
         try:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError:

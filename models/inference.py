@@ -70,6 +70,26 @@ def upsample(model: nn.Module, img: torch.Tensor, size: tuple[int, int], scale_m
         lat = model.prepare(normalise(img), lat_cell)
         out = img.new_empty(b, 3, H, W)
         active = multiscale.choose(model, lat, H * W, cmsr)
+        own = getattr(model, "cmsr", None)
+        requested = own if cmsr is None or cmsr is True else (cmsr or None)
+        note = None
+        if requested is not None and active is None:
+            note = (f"CMSR does nothing for {model.__class__.__name__} (it needs an LMF model's modulations)"
+                    if lat.complexity is None else
+                    f"CMSR does nothing at x{max(scale_hw):g} (it acts only beyond x{multiscale.TRAINING_SCALE:g}); "
+                    "rendered in full")
+        elif active is not None:
+            active.check_model(model)
+            s = (H * W / (h * w)) ** 0.5
+            if len([d for d in active.table.levels(s)[0] if d >= 1]) <= 1:
+                note = f"CMSR does nothing at x{s:g} (its table has no coarser level there); rendered in full"
+                active = None
+        if active is not None and dev.type == "cpu":
+            from . import fast_render
+            if fast_render.library() is not None:
+                note = "on the CPU the full render is usually faster than CMSR (docs/cmsr.md)"
+        if note is not None and stats is not None:
+            stats["cmsr_note"] = note
         if active is not None:
             coord = make_coord((H, W), device=dev).unsqueeze(0).expand(b, -1, -1)
             cell = clip_cell(make_cell((H, W), device=dev), scale_hw, scale_max).unsqueeze(0).expand(b, -1, -1)
@@ -90,4 +110,54 @@ def upsample(model: nn.Module, img: torch.Tensor, size: tuple[int, int], scale_m
             out[:, :, r0:r1] = denormalise(rgb).clamp_(0, 1).view(b, r1 - r0, W, 3).permute(0, 3, 1, 2)
             if progress is not None:
                 progress(r1 - r0)
+    return out
+
+
+def output_size(h: int, w: int, scale: float | Sequence[float] | None = None,
+                size: Sequence[int] | None = None) -> tuple[int, int]:
+    """Target (H, W) of an h x w image: ``scale`` (one factor, or (sy, sx) in the HxW order used
+    everywhere) or ``size`` = (H, W)."""
+    if (scale is None) == (size is None):
+        raise ValueError("give exactly one of scale and size")
+    if size is not None:
+        H, W = (int(v) for v in size)
+    else:
+        sy, sx = (scale, scale) if isinstance(scale, (int, float)) else tuple(scale)
+        H, W = round(h * float(sy)), round(w * float(sx))
+    if H < 1 or W < 1:
+        raise ValueError(f"the output {H}x{W} (HxW) is empty")
+    return H, W
+
+
+def upscale_image(model: nn.Module, image, scale: float | Sequence[float] | None = None,
+                  size: Sequence[int] | None = None, *, bsize: int | None = None,
+                  cmsr: CMSR | bool | None = None, stats: dict | None = None,
+                  progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Upscale an image file or PIL image -> (C, H, W) float tensor in [0, 1] on the CPU.
+
+    ``scale``: one factor or (sy, sx); ``size``: (H, W) (the HxW order of the whole project).
+    The colour is
+    upscaled by the model on the model's device. An alpha channel is upscaled with Pillow's
+    bicubic filter and appended (C = 4, or 2 for grayscale); the colour hidden under fully
+    transparent pixels is first replaced by a fill from the visible ones, so it cannot bleed
+    into the edge. Grayscale sources give one colour channel (the mean of the model's RGB).
+    ``utils.images.to_pil`` / ``save_image`` turn the result into a PIL image / a file.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from utils.images import fill_transparent, open_image
+
+    rgb, alpha, gray = open_image(image)
+    h, w = rgb.shape[-2:]
+    H, W = output_size(h, w, scale, size)
+    if alpha is not None:
+        rgb = fill_transparent(rgb, alpha)
+    dev = next(model.parameters()).device
+    sr = upsample(model, rgb.unsqueeze(0).to(dev), (H, W), bsize=bsize, cmsr=cmsr, stats=stats,
+                  progress=progress)[0].cpu()
+    out = sr.mean(0, keepdim=True) if gray else sr
+    if alpha is not None:
+        a = Image.fromarray(alpha).resize((W, H), Image.BICUBIC)
+        out = torch.cat([out, torch.from_numpy(np.array(a, dtype=np.float32) / 255).unsqueeze(0)], dim=0)
     return out

@@ -99,6 +99,76 @@ def worker(args: argparse.Namespace) -> None:
                           skipped=stats.get("cmsr_skipped_fraction"))))
 
 
+def photo_worker(args: argparse.Namespace) -> None:
+    """One (scale, CMSR on/off) run of the demo path (models.inference.upsample) on a real photo."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import models
+    from models.cmsr import CMSR
+    from models.inference import upsample
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    w, h = (int(v) for v in args.lr_size.split("x"))
+    with Image.open(args.photo) as im:
+        lr = im.convert("RGB").resize((w, h), Image.BICUBIC)
+    inp = torch.from_numpy(np.asarray(lr, dtype=np.float32) / 255).permute(2, 0, 1).unsqueeze(0)
+    model = models.load_model(args.cmsr_model)
+    cmsr = CMSR.from_spec({"s2m_tables": args.cmsr}) if args.photo_cmsr == "on" else False
+    s = float(args.scale)
+    size = (round(h * s), round(w * s))
+    stats: dict = {}
+    times = []
+    for i in range(args.repeats + 1):
+        t = time.perf_counter()
+        out = upsample(model, inp, size, cmsr=cmsr, stats=stats)
+        if i:
+            times.append(time.perf_counter() - t)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    np.save(args.photo_out, out[0].numpy())
+    print(json.dumps(dict(scale=s, cmsr=args.photo_cmsr, latency=statistics.median(times), peak_mib=peak,
+                          skipped=stats.get("cmsr_skipped_fraction", 0.0))))
+
+
+def photo_table(args: argparse.Namespace) -> list[str]:
+    """CMSR vs the full render on a real photo: time, peak RSS, skipped fraction, PSNR change."""
+    import tempfile
+
+    import numpy as np
+
+    lines = [f"CMSR on a real photo ({os.path.basename(args.photo)} resized to {args.lr_size}), the demo's "
+             f"path (`models.inference.upsample`), median of {args.repeats}, each run in its own process:", "",
+             "| scale | output | full render (s) | CMSR (s) | full peak RSS (MiB) | CMSR peak RSS (MiB) | skipped | PSNR CMSR vs full (dB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    here = os.path.dirname(os.path.abspath(__file__))
+    for s in args.scales.split(","):
+        if float(s) <= 4:
+            continue
+        res = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for mode in ("off", "on"):
+                out = os.path.join(tmp, f"{mode}.npy")
+                cmd = [sys.executable, os.path.abspath(__file__), "--photo-worker", s, mode, "--photo", args.photo,
+                       "--photo-out", out, "--lr-size", args.lr_size, "--repeats", str(args.repeats),
+                       "--cmsr", args.cmsr, "--cmsr-model", args.cmsr_model]
+                if args.threads:
+                    cmd += ["--threads", str(args.threads)]
+                r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": here})
+                if r.returncode != 0:
+                    raise SystemExit(f"photo x{s} {mode}: {r.stderr.strip()[-400:]}")
+                res[mode] = json.loads(r.stdout.strip().splitlines()[-1])
+                res[mode]["img"] = np.load(out)
+        mse = float(((res["on"]["img"] - res["off"]["img"]) ** 2).mean())
+        psnr = "identical" if mse == 0 else f"{10 * np.log10(1 / mse):.1f}"
+        hh, ww = res["off"]["img"].shape[1:]
+        lines.append(f"| x{float(s):g} | {ww}x{hh} | {res['off']['latency']:.2f} | {res['on']['latency']:.2f} | "
+                     f"{res['off']['peak_mib']:.0f} | {res['on']['peak_mib']:.0f} | {100 * res['on']['skipped']:.1f}% | {psnr} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="LIIF,LTE,LM-LIIF,LM-LTE,LM-CiaoSR")
@@ -111,11 +181,27 @@ def main() -> None:
     ap.add_argument("--cmsr-model", help="trained LMF checkpoint for the CMSR rows")
     ap.add_argument("--cmsr", help="its Scale2Mod table")
     ap.add_argument("--out", default="bench_efficiency.md")
+    ap.add_argument("--photo", help="real photo for the CMSR-vs-full table (needs --cmsr-model and --cmsr); "
+                                    "resized to --lr-size; only this table is made")
     ap.add_argument("--worker", nargs=2, metavar=("MODEL", "SCALE"), help=argparse.SUPPRESS)
+    ap.add_argument("--photo-worker", nargs=2, metavar=("SCALE", "CMSR"), help=argparse.SUPPRESS)
+    ap.add_argument("--photo-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         args.model, args.scale = args.worker
         worker(args)
+        return
+    if args.photo_worker:
+        args.scale, args.photo_cmsr = args.photo_worker
+        photo_worker(args)
+        return
+    if args.photo:
+        if not (args.cmsr and args.cmsr_model):
+            raise SystemExit("error: --photo needs --cmsr-model and --cmsr")
+        lines = photo_table(args)
+        with open(args.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        print("\n".join(lines))
         return
 
     base = {float(s) for s in args.baseline_scales.split(",")}

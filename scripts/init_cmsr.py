@@ -55,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(model, "imnet") or not hasattr(model.imnet, "shift_slice"):
             raise UserError(f"{args.model} is not an LMF model (CMSR needs modulations)")
         folder = datasets.make({"name": "image-folder", "args": {"root_path": args.data, "first_k": args.first_k}})
-        table = Scale2Mod.load(args.out).to_dict() if os.path.exists(args.out) else {}
+        table = {}
+        if os.path.exists(args.out):
+            old = Scale2Mod.load(args.out)
+            from models.cmsr import CMSR
+            CMSR(old).check_model(model)  # never mix rows calibrated on other weights into one table
+            table = old.to_dict()
         for scale in scales:
             lrs = []
             for i in range(len(folder)):
@@ -77,12 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     def num(x: float):
         return int(x) if float(x).is_integer() else float(x)
 
+    from utils.checkpoint import state_dict_digest
+
     out = {num(k): {num(d): round(float(t), 4) for d, t in row.items()} for k, row in sorted(table.items())}
+    out["checkpoint"] = state_dict_digest(model.state_dict())  # CMSR refuses the table with other weights
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         f.write(f"# Scale2Mod table: target scale -> {{decode scale: max mean |shift modulation|}}\n"
                 f"# model {os.path.basename(args.model)}, data {args.data}, MSE threshold {args.mse:g}\n")
-        yaml.safe_dump(out, f, sort_keys=True)
+        yaml.safe_dump(out, f, sort_keys=False)
     os.replace(tmp, args.out)
     print(f"wrote {args.out}")
     return 0

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from PIL import Image
@@ -72,6 +73,60 @@ def test_init_cmsr_script_writes_an_official_format_table(tmp_path):
                        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
     table = yaml.safe_load(out.read_text())
-    assert set(table) == {2, 6, 8}
+    assert set(table) == {2, 6, 8, "checkpoint"}
     assert table[8][8] == 1 and table[6][6] == 1
     assert Scale2Mod(table).levels(8.0)[0][0] == 1.0
+
+
+def _table_for(m: torch.nn.Module | None) -> dict:
+    from utils.checkpoint import state_dict_digest
+
+    rows = {8: {1: 0.0, 2: 0.3, 4: 0.6, 8: 1.0}}
+    if m is not None:
+        rows["checkpoint"] = state_dict_digest(m.state_dict())
+    return rows
+
+
+def test_table_records_its_checkpoint_and_refuses_other_weights(tmp_path):
+    from models.inference import upsample
+    from utils.errors import UserError
+
+    m = _model()
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(_table_for(m)))
+    img = torch.rand(1, 3, 6, 7)
+    stats: dict = {}
+    upsample(m, img, (48, 56), cmsr=CMSR.from_spec(str(path)), stats=stats)  # its own weights: fine
+    assert "cmsr_skipped_fraction" in stats
+    other = _model()
+    with torch.no_grad():
+        other.encoder.head[0].weight.add_(0.01)   # other weights, same architecture
+    with pytest.raises(UserError, match=r"t\.yaml was built for other weights.*init_cmsr"):
+        upsample(other, img, (48, 56), cmsr=CMSR.from_spec(str(path)))
+    # an explicit override, and official tables without a record, are used as they are
+    upsample(other, img, (48, 56), cmsr=CMSR.from_spec({"s2m_tables": str(path), "allow_other_checkpoint": True}))
+    upsample(other, img, (48, 56), cmsr=CMSR(Scale2Mod(_table_for(None))))
+
+
+def test_bundled_table_matches_the_bundled_model():
+    path, table = ROOT / "weights" / "lmliif_edsr-b_cpu.pth", ROOT / "weights" / "cmsr_lmliif_edsr-b_cpu.yaml"
+    if not path.exists():
+        pytest.skip("bundled model absent")
+    t = Scale2Mod.load(table)
+    assert t.checkpoint is not None
+    CMSR(t).check_model(models.load_model(path))
+
+
+def test_cmsr_where_it_does_nothing_says_so():
+    from models.inference import upsample
+
+    m = _model()
+    cmsr = CMSR(Scale2Mod(_table_for(m)))
+    stats: dict = {}
+    upsample(m, torch.rand(1, 3, 6, 7), (18, 21), cmsr=cmsr, stats=stats)       # x3: inside the training range
+    assert "x3" in stats["cmsr_note"] and "beyond x4" in stats["cmsr_note"]
+    assert "cmsr_skipped_fraction" not in stats
+    one_level = CMSR(Scale2Mod({6: {6: 1.0}}))
+    stats = {}
+    upsample(m, torch.rand(1, 3, 6, 7), (36, 42), cmsr=one_level, stats=stats)   # x6, the table renders all at x6
+    assert "no coarser level" in stats["cmsr_note"]

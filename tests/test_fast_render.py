@@ -141,12 +141,12 @@ def test_cache_is_reused(monkeypatch, tmp_path):
     monkeypatch.setattr(fast_render, "_lib", None)
     monkeypatch.setattr(fast_render, "_failed", False)
     assert fast_render.library() is not None
-    built = list((tmp_path / "lmf-sr").iterdir())
+    built = list(tmp_path.iterdir())  # LMF_CACHE_DIR is the folder itself
     assert len(built) == 1 and built[0].name.startswith("render16-")
     stamp = built[0].stat().st_mtime_ns
     monkeypatch.setattr(fast_render, "_lib", None)
     assert fast_render.library() is not None
-    assert built[0].stat().st_mtime_ns == stamp and len(list((tmp_path / "lmf-sr").iterdir())) == 1
+    assert built[0].stat().st_mtime_ns == stamp and len(list(tmp_path.iterdir())) == 1
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 24, 90, 161, 1000])
@@ -307,7 +307,7 @@ def test_planted_cache_folders_are_not_used(monkeypatch, tmp_path, how):
     """A cache folder that others can write to (or a link to one) is never used: the kernel is
     built in a fresh private temp folder instead."""
     uid = os.getuid()
-    planted = [tmp_path / "home-cache" / "lmf-sr", tmp_path / "tmp" / f"lmf-sr-{uid}"]
+    planted = [tmp_path / "home-cache", tmp_path / "tmp" / f"lmf-sr-{uid}"]  # LMF_CACHE_DIR is the folder itself
 
     def plant():
         elsewhere = tmp_path / "attacker"
@@ -329,7 +329,7 @@ def test_planted_cache_folders_are_not_used(monkeypatch, tmp_path, how):
 
 @pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs root to plant a foreign-owned folder")
 def test_foreign_owned_cache_folder_is_not_used(monkeypatch, tmp_path):
-    planted = [tmp_path / "home-cache" / "lmf-sr", tmp_path / "tmp" / f"lmf-sr-{os.getuid()}"]
+    planted = [tmp_path / "home-cache", tmp_path / "tmp" / f"lmf-sr-{os.getuid()}"]
 
     def plant():
         for p in planted:
@@ -343,4 +343,4 @@ def test_foreign_owned_cache_folder_is_not_used(monkeypatch, tmp_path):
 
 def test_own_private_cache_folder_is_used(monkeypatch, tmp_path):
     folder = _fresh_build(monkeypatch, tmp_path, lambda: None)
-    assert folder == tmp_path / "home-cache" / "lmf-sr" and (folder.stat().st_mode & 0o077) == 0
+    assert folder == tmp_path / "home-cache" and (folder.stat().st_mode & 0o077) == 0

@@ -19,7 +19,7 @@ LIIF = SHARED / "weights" / "liif_edsr-baseline_official.pth"
 
 
 def _run(*args, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "LMF_DATA": str(DATA)}
     return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 

@@ -38,7 +38,7 @@ def cli(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run test.py like a user, single-threaded: robust to a busy machine (oversubscribed
     OpenMP threads are several times slower) and bit-comparable with in-process runs that
     also use one thread."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", LMF_DATA=str(DATA))  # the configs' ${LMF_DATA}
     return subprocess.run([sys.executable, "test.py", *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -89,7 +89,7 @@ def check_error(r: subprocess.CompletedProcess, *needles: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def test_smoke_set5_x4(tmp_path):
-    need(ROOT.parent / "shared" / "data" / "benchmark" / "Set5" / "HR")  # the config's relative path
+    need(SET5)  # the config reads ${LMF_DATA}/benchmark/Set5/HR
     need(LMLIIF)
     out = tmp_path / "r.json"
     r = cli("--config", "configs/test/test-set5.yaml", "--model", LMLIIF, "--device", "cpu", "--out", out)

@@ -153,3 +153,66 @@ def test_bf16_autocast_trains_and_fp16_is_refused_on_the_cpu(tmp_path):
         r = _train("--config", str(cfg), "--save-root", str(tmp_path / "save"), "--name", "fp16", "--amp", "fp16",
                    "--device", "cpu")
         assert r.returncode == 2 and "fp16 needs a CUDA device" in r.stderr
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*"))}
+
+
+def test_existing_run_is_refused_without_resume_and_nothing_changes(tmp_path):
+    cfg = _config(tmp_path, epochs=1)
+    save = tmp_path / "save"
+    args = ["--config", str(cfg), "--save-root", str(save), "--device", "cpu"]
+    r = _train(*args)                                     # the default name: _cfg
+    assert r.returncode == 0, r.stderr
+    run = save / "_cfg"
+    best = (run / "epoch-best.pth").read_bytes()
+    before = _snapshot(run)
+    r = _train(*args)                                     # the same command again, by accident
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and str(run) in lines[0], r.stderr
+    assert all(w in lines[0] for w in ("--resume", "--name", "--overwrite")), lines[0]
+    assert _snapshot(run) == before                       # not one byte, not one timestamp changed
+    assert (run / "epoch-best.pth").read_bytes() == best
+    # starting over is possible, explicitly; it does not keep the old run's files around
+    (run / "notes.txt").write_text("mine")
+    r = _train(*args, "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert (run / "notes.txt").read_text() == "mine"     # files that are not the run's are left alone
+    assert (run / "log.txt").read_text().count("model: ") == 1
+
+
+def test_failed_start_leaves_no_run_folder(tmp_path):
+    cfg = _config(tmp_path, epochs=1)
+    data = yaml.safe_load(cfg.read_text())
+    data["train_dataset"]["dataset"]["args"]["root_path"] = str(tmp_path / "missing")
+    cfg.write_text(yaml.safe_dump(data))
+    r = _train("--config", str(cfg), "--save-root", str(tmp_path / "save"), "--name", "new", "--device", "cpu")
+    assert r.returncode == 2 and "missing" in r.stderr
+    assert not (tmp_path / "save" / "new").exists()
+
+
+def test_progress_shows_speed_and_eta_and_resume_never_logs_a_step_twice(tmp_path):
+    from utils.tb_events import read_scalars
+
+    cfg = _config(tmp_path, epochs=2, epoch_save=1)
+    save = tmp_path / "save"
+    args = ["--config", str(cfg), "--save-root", str(save), "--name", "r", "--device", "cpu"]
+    r = _train(*args)
+    assert r.returncode == 0, r.stderr
+    iter_lines = [ln for ln in r.stdout.splitlines() if "iterations, loss=" in ln]
+    assert iter_lines and all("s/it" in ln and "epoch ETA" in ln for ln in iter_lines), r.stdout
+    epoch_lines = [ln for ln in r.stdout.splitlines() if ln.startswith("epoch ")]
+    assert len(epoch_lines) == 2 and all("s/it" in ln and "ETA" in ln for ln in epoch_lines), r.stdout
+    run = save / "r"
+    first = read_scalars(str(run / "tensorboard"))
+    # a crash after epoch 2 had logged but before its checkpoint was committed
+    (run / "epoch-last.pth").write_bytes((run / "epoch-1.pth").read_bytes())
+    r = _train(*args, "--resume")
+    assert r.returncode == 0, r.stderr
+    events = read_scalars(str(run / "tensorboard"))
+    keys = [(tag, step) for tag, step, _ in events]
+    assert len(keys) == len(set(keys)), "a TensorBoard step was written twice"
+    assert sorted(keys) == sorted((tag, step) for tag, step, _ in first)  # the same steps, each once

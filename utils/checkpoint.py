@@ -77,6 +77,22 @@ def model_spec(ckpt: Mapping[str, Any], path: str = "checkpoint") -> dict:
     return {"name": spec["name"], "args": args, "sd": spec["sd"]}
 
 
+def state_dict_digest(sd: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's names, dtypes, shapes and values (hex): which weights these are,
+    independent of the file they came in (official layout, ours, re-saved, on another device)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        t = sd[k]
+        if not isinstance(t, torch.Tensor):
+            continue
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` through :func:`utils.atomic.write_atomic`: a crash at any moment leaves
     either the old file or the new one, never a partial file."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
@@ -163,13 +164,37 @@ def read_yaml(path: str | os.PathLike) -> Any:
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_VAR = "LMF_DATA"
+
+
+def data_root() -> Path:
+    """Where the configs' ``${LMF_DATA}`` points: ``$LMF_DATA`` if set (``~`` expanded, relative
+    paths taken from the current directory), else ``load/`` in the repository."""
+    env = os.environ.get(DATA_VAR)
+    return Path(os.path.expanduser(env)).absolute() if env else REPO_ROOT / "load"
+
+
+def expand_data_root(data: Any) -> Any:
+    """Replace ``${LMF_DATA}`` in every string of a loaded config by :func:`data_root`."""
+    token = "${" + DATA_VAR + "}"
+    if isinstance(data, str):
+        return data.replace(token, str(data_root())) if token in data else data
+    if isinstance(data, Mapping):
+        return {k: expand_data_root(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [expand_data_root(v) for v in data]
+    return data
+
+
 def load_config(path: str | os.PathLike, schema: Mapping[str, Field],
                 registries: Mapping[str, Registry] | None = None) -> dict:
-    """Read and validate a YAML config; return it with defaults filled in."""
+    """Read and validate a YAML config; return it with defaults filled in and ``${LMF_DATA}``
+    replaced by the data root."""
     data = read_yaml(path)
     if data is None:
         raise ConfigError(f"{os.fspath(path)}: the config is empty")
-    return Validator(os.fspath(path), registries).mapping(data, schema)
+    return Validator(os.fspath(path), registries).mapping(expand_data_root(data), schema)
 
 
 # --- schemas of the project's configs --------------------------------------------------------

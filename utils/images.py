@@ -30,7 +30,10 @@ from PIL import Image
 from utils.atomic import write_atomic
 from utils.errors import UserError
 
-__all__ = ["read_image", "read_alpha", "array_to_tensor", "load_image", "save_image"]
+__all__ = ["read_image", "read_alpha", "array_to_tensor", "load_image", "save_image", "open_image",
+           "fill_transparent", "to_pil", "GRAY_MODES"]
+
+GRAY_MODES = ("L", "LA", "1", "I", "I;16", "I;16L", "I;16B", "F")
 
 _HIGH_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 
@@ -81,20 +84,80 @@ def array_to_tensor(arr: np.ndarray) -> torch.Tensor:
     return t.float()
 
 
+def _alpha_of(img: Image.Image) -> np.ndarray | None:
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
+        return np.array(img.convert("RGBA").getchannel("A"), dtype=np.uint8)
+    return None
+
+
 def read_alpha(path: str | os.PathLike) -> np.ndarray | None:
     """The alpha channel (H, W) uint8 of an image that has one (RGBA, LA, PA, transparency), else None."""
     try:
         with Image.open(path) as img:
-            if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
-                return np.array(img.convert("RGBA").getchannel("A"), dtype=np.uint8)
+            return _alpha_of(img)
     except Exception as e:  # read_image has already validated the file; be defensive anyway
         raise UserError(f"cannot read the alpha channel of {path}: {e}") from None
-    return None
+
+
+def open_image(src: "str | os.PathLike | Image.Image") -> tuple[torch.Tensor, np.ndarray | None, bool]:
+    """A file path or a PIL image -> (RGB (3, H, W) float32 in [0, 1], alpha (H, W) uint8 or None,
+    whether the source is grayscale). The RGB part is decoded exactly as :func:`load_image`."""
+    if isinstance(src, Image.Image):
+        return array_to_tensor(_to_rgb_array(src)), _alpha_of(src), src.mode in GRAY_MODES
+    rgb = load_image(src)
+    with Image.open(src) as img:
+        gray = img.mode in GRAY_MODES
+    return rgb, read_alpha(src), gray
+
+
+def fill_transparent(rgb: torch.Tensor, alpha: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Replace the colour of fully transparent pixels by a smooth fill from the visible ones.
+
+    The colour stored under alpha 0 is invisible but arbitrary (often saturated: a green screen,
+    black, whatever the editor left). A model, or any filter wider than one pixel, would carry
+    it into the visible edge as a coloured rim; Pillow avoids that for its own filters by
+    premultiplying, which does not work for a non-linear model. We "pull-push" instead: an
+    alpha-weighted image pyramid is built down to 1x1, and every transparent pixel takes the
+    colour of the finest level at which its neighbourhood holds visible pixels. Pixels with
+    alpha > 0 keep their colour; an image with no visible pixel is returned unchanged.
+    ``rgb``: (3, H, W) float; ``alpha``: (H, W) uint8 (or float in [0, 1]).
+    """
+    a = torch.as_tensor(np.asarray(alpha)).to(device=rgb.device)
+    a = a.float() / 255 if a.dtype == torch.uint8 else a.float()
+    hidden = a <= 0
+    if not hidden.any() or hidden.all():
+        return rgb
+    import torch.nn.functional as F
+
+    w = a.to(rgb.dtype)[None, None]
+    c = rgb[None] * w
+    levels = [(c, w)]
+    while max(c.shape[-2:]) > 1:  # pull: alpha-weighted averages (the pooling divisor cancels in c / w)
+        c, w = F.avg_pool2d(c, 2, ceil_mode=True), F.avg_pool2d(w, 2, ceil_mode=True)
+        levels.append((c, w))
+    filled = None
+    for c, w in reversed(levels):  # push: known colour where there is some, else the coarser fill
+        mean = c / w.clamp_min(1e-12)
+        if filled is not None:
+            up = filled.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)[..., :c.shape[2], :c.shape[3]]
+            mean = torch.where(w > 0, mean, up)
+        filled = mean
+    return torch.where(hidden[None], filled[0], rgb)
 
 
 def load_image(path: str | os.PathLike) -> torch.Tensor:
     """Load any Pillow-readable image as a (3, H, W) float32 tensor in [0, 1]."""
     return array_to_tensor(read_image(path))
+
+
+def to_pil(img: torch.Tensor) -> Image.Image:
+    """(C, H, W) tensor in [0, 1] -> 8-bit PIL image: L (C=1), LA (2), RGB (3) or RGBA (4); values
+    are rounded (``(x*255).round().clamp(0, 255)``), not truncated."""
+    if img.dim() != 3 or img.shape[0] not in (1, 2, 3, 4):
+        raise ValueError(f"to_pil expects a (1|2|3|4, H, W) tensor, got shape {tuple(img.shape)}")
+    arr = (img.detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8)
+    arr = arr.permute(1, 2, 0).contiguous().numpy()
+    return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
 
 
 def save_image(img: torch.Tensor, path: str | os.PathLike, quality: int = 95) -> None:
@@ -113,8 +176,6 @@ def save_image(img: torch.Tensor, path: str | os.PathLike, quality: int = 95) ->
         raise UserError(f"cannot save image {path}: unknown image extension {path.suffix!r}")
     if img.shape[0] in (2, 4) and fmt in ("JPEG", "BMP"):
         img = img[:img.shape[0] - 1]
-    arr = (img.detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8)
-    arr = arr.permute(1, 2, 0).contiguous().numpy()
-    pil = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, mode={1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[arr.shape[2]])
+    pil = to_pil(img)
     extra = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
     write_atomic(path, lambda f: pil.save(f, format=fmt, **extra), "image")

@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Run the README's commands as written in a temporary clone of the current commit (no ../shared,
+no LMF_DATA, no downloaded data): what a newcomer sees.
+
+    python .ci/readme_commands.py            # from the repository root; ~1-3 minutes on 2 CPU cores
+
+The list below mirrors the README's ```bash blocks by hand (tests/test_readme.py fails when
+the README gains a command that is not listed here). Each command is one of
+RUN (must exit 0), NO_DATA (must fail with the one-line hint to fetch the data: downloads need
+the internet, which CI does not have) or SKIP (a template with placeholders, an install line, or
+the test suite itself, which .ci/run runs). The README's Python snippet is run as written by
+tests/test_hub.py.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = "weights/lmliif_edsr-b_cpu.pth"
+
+RUN = [
+    "python demo.py --input samples/shapes.png --scale 4 --output shapes_x4.png",
+    "python demo.py --input samples/clouds.png --scale 3.5 --output out.png",
+    "python demo.py --input samples/clouds.png --scale 3x2 --output out.png",
+    "python demo.py --input samples/shapes.png --size 640x480 --output out.jpg",
+    "python demo.py --input samples/badge_rgba.png --scale 4 --output badge.png",
+    "python demo.py --input samples/rings.png --scale 12 --cmsr --output out.png",
+    f"python test.py --config configs/test/test-samples.yaml --model {BUNDLED} --scales 2,3,4",
+    "python test.py --config configs/test/test-samples.yaml --model bicubic --scales 2,3,4",
+    f"python test.py --config configs/test/test-samples.yaml --model {BUNDLED} --scales 2.5,3x2 --out results.json",
+    f"python test.py --config configs/test/test-samples.yaml --model {BUNDLED} --scales 8 "
+    "--cmsr weights/cmsr_lmliif_edsr-b_cpu.yaml",
+]
+NO_DATA = [
+    "python train.py --config configs/cpu/train_edsr-baseline-lmliif.yaml",
+    "python train.py --config configs/train/train_edsr-baseline-lmliif.yaml",
+]
+SKIP = {
+    "pip install torch --index-url https://download.pytorch.org/whl/cpu": "install line (network)",
+    "pip install torch --index-url https://download.pytorch.org/whl/cu128": "install line (network)",
+    "pip install -r requirements-dev.txt": "install line (network); .ci/run runs it",
+    "python -m pytest -q": ".ci/run runs the suite",
+    "python train.py --config ... --name NAME --resume": "template",
+    "python train.py --config ... --name NAME --overwrite": "template",
+    "torchrun --nproc_per_node 4 train.py --config ...": "template",
+    "python train.py --config ... --amp bf16": "template",
+    "python scripts/get_data.py set5 && python test.py --config configs/test/test-set5.yaml "
+    "--model save/NAME/epoch-last.pth --scales 2,3,4,6,8,12": "download (network) and a trained run",
+}
+ALL = set(RUN) | set(NO_DATA) | set(SKIP)
+
+
+def main() -> int:
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    failed = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        clone = Path(tmp) / "clone"  # no ../shared next to it
+        subprocess.run(["git", "clone", "-q", "--no-checkout", str(ROOT), str(clone)], check=True)
+        subprocess.run(["git", "-c", "advice.detachedHead=false", "checkout", "-q", sha], cwd=clone, check=True)
+        env = {k: v for k, v in os.environ.items() if k not in ("LMF_DATA", "LMF_SHARED", "PYTHONPATH")}
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `python` = this one
+        for cmd in RUN + NO_DATA:
+            t = time.time()
+            r = subprocess.run(cmd, shell=True, cwd=clone, env=env, capture_output=True, text=True, timeout=600)
+            if cmd in RUN:
+                ok = r.returncode == 0
+            else:
+                last = r.stderr.strip().splitlines()[-1:] or [""]
+                ok = r.returncode == 2 and last[0].startswith("error:") and "get_data.py" in last[0]
+            failed += not ok
+            print(f"{'ok  ' if ok else 'FAIL'} {time.time() - t:5.1f}s  {cmd}", flush=True)
+            if not ok:
+                print((r.stdout + r.stderr)[-2000:], flush=True)
+        for cmd, why in SKIP.items():
+            print(f"skip        {cmd}  ({why})")
+    print(f"{len(RUN) + len(NO_DATA) - failed} of {len(RUN) + len(NO_DATA)} README commands behaved as documented")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -56,7 +56,11 @@ def _config(tmp: Path) -> Path:
 def _cmd(cfg: Path, save: Path, name: str, resume: bool) -> list[str]:
     cmd = [sys.executable, "train.py", "--config", str(cfg), "--save-root", str(save), "--name", name,
            "--device", "cpu"]
-    return cmd + ["--resume"] if resume else cmd
+    if resume:
+        return cmd + ["--resume"]
+    # killed before its first checkpoint: the folder holds that attempt's log, so starting again
+    # is an explicit --overwrite (train.py refuses to reuse a run folder silently)
+    return cmd + ["--overwrite"] if (save / name).is_dir() else cmd
 
 
 def _temps(run: Path) -> list[Path]:

@@ -27,7 +27,29 @@ _BUNDLED = _ROOT / "weights" / "lmliif_edsr-b_cpu.pth"
 _BUNDLED_CMSR = _ROOT / "weights" / "cmsr_lmliif_edsr-b_cpu.yaml"
 
 
+def _upscale(model, image, scale=None, size=None, **kwargs):
+    """``model.upscale``: an image file path or PIL image -> upscaled PIL image (``scale``: one
+    factor or (sy, sx); ``size``: (height, width)); alpha and grayscale are kept. Other keyword
+    arguments go to :func:`models.inference.upscale_image` (``bsize``, ``cmsr``, ``stats``,
+    ``progress``)."""
+    from models.inference import upscale_image
+    from utils.images import to_pil
+
+    return to_pil(upscale_image(model, image, scale, size, **kwargs))
+
+
+def _with_upscale(model):
+    import types
+
+    model.upscale = types.MethodType(_upscale, model)
+    return model
+
+
 def _load(name, checkpoint=None, encoder="edsr-baseline", device="cpu", cmsr_spec=None):
+    return _with_upscale(_build(name, checkpoint, encoder, device, cmsr_spec))
+
+
+def _build(name, checkpoint, encoder, device, cmsr_spec):
     import models
     from utils.checkpoint import load_checkpoint
     from utils.config import TRAIN, load_config

@@ -98,21 +98,6 @@ class ImplicitDecoder(nn.Module):
         """Queries per chunk when the caller gives no ``bsize`` (bounds per-chunk memory)."""
         return self.default_bsize
 
-    def upscale(self, image, scale: float | tuple[float, float] | None = None,
-                size: tuple[int, int] | None = None, **kwargs):
-        """High-level use: an image file path or PIL image -> upscaled PIL image.
-
-        ``scale``: one factor or (sy, sx); ``size``: (height, width), the HxW order used
-        everywhere. Alpha and grayscale are
-        kept (see :func:`models.inference.upscale_image`, which also takes ``bsize``, ``cmsr``,
-        ``stats`` and ``progress``). Runs on the model's device, in bounded memory.
-        """
-        from utils.images import to_pil
-
-        from .inference import upscale_image
-
-        return to_pil(upscale_image(self, image, scale, size, **kwargs))
-
     def forward(self, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor,
                 bsize: int | None = None, feat: torch.Tensor | None = None) -> torch.Tensor:
         """``inp`` (B, 3, h, w) normalised; ``coord``/``cell`` (B, Q, 2) -> RGB (B, Q, 3).

@@ -6,6 +6,7 @@
     python demo.py --input x.png --scale 3x2 --output y.png        # x3 vertically, x2 horizontally (HxW)
     python demo.py --input x.png --size 1920x1080 --output y.jpg   # exact output size (W x H)
     python demo.py --input x.png --scale 12 --cmsr table.yaml --output y.png --model ckpt.pth
+    python demo.py --onnx export/lmliif --input x.png --scale 3.5 --output y.png   # no torch needed
 
 Any Pillow-readable input (PNG, JPEG, BMP, TIFF, ...; grayscale, palette, 16-bit). Colour is
 upscaled by the model; an alpha channel is upscaled separately with Pillow's bicubic filter and
@@ -117,28 +118,11 @@ def render(model, img, size: tuple[int, int], args: argparse.Namespace, cmsr, st
     return sr
 
 
-def with_input_mode(sr, inp_path: Path):
-    """Grayscale inputs give grayscale outputs; an alpha channel is upscaled with Pillow bicubic
-    and re-attached."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from utils.images import read_alpha
-
-    out = sr.mean(0, keepdim=True) if _is_gray(inp_path) else sr
-    alpha = read_alpha(inp_path)
-    if alpha is not None:
-        H, W = sr.shape[-2:]
-        a = Image.fromarray(alpha).resize((W, H), Image.BICUBIC)
-        a = torch.from_numpy(np.array(a, dtype=np.float32) / 255).unsqueeze(0)
-        out = torch.cat([out, a], dim=0)  # LA (gray) or RGBA
-    return out
-
-
 def run(args: argparse.Namespace) -> dict:
     inp_path, out_path = check_paths(args)
-    from utils.images import load_image, save_image
+    if args.onnx is not None:
+        return run_onnx(args, inp_path, out_path)
+    from utils.images import compose_output, load_image, save_array
 
     img = load_image(inp_path)
     h, w = img.shape[-2:]
@@ -148,14 +132,29 @@ def run(args: argparse.Namespace) -> dict:
     stats: dict = {}
     sr = render(model, img.to(device), (H, W), args, cmsr, stats)
     del model
-    save_image(with_input_mode(sr, inp_path), out_path)
+    save_array(compose_output(sr.numpy(), inp_path), out_path)  # grayscale/alpha as the input
     return {"in": (w, h), "out": (W, H), **stats}
 
 
-def _is_gray(path: Path) -> bool:
-    from PIL import Image
-    with Image.open(path) as im:
-        return im.mode in ("L", "LA", "1", "I", "I;16", "I;16L", "I;16B", "F")
+def run_onnx(args: argparse.Namespace, inp_path: Path, out_path: Path) -> dict:
+    """The same upscaling with a model exported by scripts/export_onnx.py (onnxruntime, no torch)."""
+    for flag, given in (("--model", args.model is not None), ("--cmsr", args.cmsr is not None),
+                        ("--device", args.device not in ("auto", "cpu"))):
+        if given:
+            raise UserError(f"--onnx cannot be combined with {flag} (the exported folder is the model; "
+                            "the ONNX runner renders every query on the CPU, without CMSR)")
+    from utils.onnx_runner import OnnxUpscaler, upscale_file
+
+    runner = OnnxUpscaler(args.onnx, chunk=args.bsize)
+    info: dict = {}
+
+    def size_of(h: int, w: int) -> tuple[int, int]:
+        H, W = output_size(args, h, w)
+        info.update({"in": (w, h), "out": (W, H)})
+        return H, W
+
+    upscale_file(runner, inp_path, out_path, size_of)
+    return info
 
 
 def build_parser() -> Parser:
@@ -169,6 +168,8 @@ def build_parser() -> Parser:
     ap.add_argument("--cmsr", nargs="?", const=str(DEFAULT_CMSR),
                     help="use CMSR beyond x4 with this Scale2Mod table (default: the bundled model's)")
     ap.add_argument("--bsize", type=positive_int, help="queries rendered at a time (memory/speed trade-off)")
+    ap.add_argument("--onnx", metavar="DIR", help="use a model exported by scripts/export_onnx.py "
+                    "(onnxruntime, no PyTorch needed; see docs/export.md)")
     return ap
 
 

@@ -31,7 +31,7 @@ import numpy as np
 h, w, s = 720, 1280, 4
 y, x = np.mgrid[0:h, 0:w].astype(np.float32)
 img = np.stack([np.sin(x / 9) * 0.4 + 0.5, np.cos(y / 7) * 0.4 + 0.5, ((x + y) % 31) / 31]).astype(np.float32)
-t = time.perf_counter()
+t = time.process_time() if {cpu} else time.perf_counter()
 if {onnx!r}:
     from utils.onnx_runner import OnnxUpscaler
     out = OnnxUpscaler({onnx!r}, threads={threads}).upsample(img, (h * s, w * s))
@@ -43,17 +43,20 @@ else:
     from models.inference import upsample
     m = models.load_model({model!r})
     out = upsample(m, torch.from_numpy(img)[None], (h * s, w * s))
-print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print((time.process_time() if {cpu} else time.perf_counter()) - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
+
+
+CLOCK = time.perf_counter
 
 
 def _median_time(fn, repeat: int) -> float:
     fn()  # warm-up (kernel build, onnxruntime's first-run allocations)
     times = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = CLOCK()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(CLOCK() - t)
     return statistics.median(times)
 
 
@@ -65,7 +68,13 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-peak", action="store_true", help="skip the 1280x720 x4 peak-RSS runs")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time with the process's CPU time instead of the wall clock: robust on a busy "
+                         "machine, meaningful with --threads 1 (no idle-spinning thread pools)")
     args = ap.parse_args()
+    global CLOCK
+    if args.cpu_time:
+        CLOCK = time.process_time
 
     import numpy as np
     import torch
@@ -82,7 +91,8 @@ def main() -> int:
     img = np.stack([np.sin(x / 9) * 0.4 + 0.5, np.cos(y / 7) * 0.4 + 0.5, ((x + y) % 31) / 31]).astype(np.float32)
     timg = torch.from_numpy(img)[None]
 
-    print(f"# onnxruntime vs PyTorch, {Path(args.model).name}, {args.threads} threads, "
+    clock = "CPU time" if args.cpu_time else "wall clock"
+    print(f"# onnxruntime vs PyTorch, {Path(args.model).name}, {args.threads} threads, {clock}, "
           f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}\n")
     print("| 320x180 -> | path | encoder | latent | render | total | ONNX / PyTorch |")
     print("|---|---|---|---|---|---|---|")
@@ -125,7 +135,8 @@ def main() -> int:
         print("| 1280x720 -> x4 (5120x2880), fresh process | time | peak RSS |\n|---|---|---|")
         for label, onnx in (("PyTorch (fused), models.inference.upsample", ""),
                             ("onnxruntime, utils/onnx_runner.py", str(folder))):
-            code = PEAK_SCRIPT.format(root=str(ROOT), onnx=onnx, threads=args.threads, model=args.model)
+            code = PEAK_SCRIPT.format(root=str(ROOT), onnx=onnx, threads=args.threads, model=args.model,
+                               cpu=bool(args.cpu_time))
             res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
             if res.returncode != 0:
                 print(f"| {label} | failed: {res.stderr.strip().splitlines()[-1]} | |")

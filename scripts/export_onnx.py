@@ -30,12 +30,6 @@ FILES = ("encoder.onnx", "latent.onnx", "render.onnx", "model.json")
 CHECK_TOL = 1e-4
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, status 2
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def _check_out(out: Path, force: bool) -> None:
     from utils.errors import UserError
 
@@ -70,8 +64,6 @@ def check_parity(folder: Path, model) -> float:
 def run(args: argparse.Namespace) -> str:
     from utils.errors import UserError
 
-    if args.chunk is not None and args.chunk < 1:
-        raise UserError("--chunk must be a positive number of queries")
     model_path = Path(args.model) if args.model else DEFAULT_MODEL
     if not model_path.is_file():
         raise UserError(f"model checkpoint {model_path} does not exist")
@@ -138,32 +130,29 @@ def meta_name(model) -> str:
     return onnx_export.model_name(model.encoder)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    from utils.cli import Parser, positive_int
+
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help=f"checkpoint (default: the bundled {DEFAULT_MODEL.name})")
     ap.add_argument("--out", required=True, help="folder for the graphs and model.json (created)")
     ap.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18; at least 18)")
-    ap.add_argument("--chunk", type=int, help="queries per render call recorded for runners (default per model)")
+    ap.add_argument("--chunk", type=positive_int, help="queries per render call recorded for runners (default per model)")
     ap.add_argument("--cmsr", help="Scale2Mod table (YAML) to record in model.json (LM-LIIF/LM-LTE)")
     ap.add_argument("--force", action="store_true", help="replace an existing export in --out")
     ap.add_argument("--no-check", action="store_true", help="skip the parity check against PyTorch")
     ap.add_argument("--verbose", action="store_true", help="show the exporter's own messages")
-    args = ap.parse_args(argv)
-    try:
-        from utils.errors import UserError
-    except ImportError as e:  # pragma: no cover - broken installation
-        print(f"error: cannot import the project ({e}); run from the repository root", file=sys.stderr)
-        return 2
-    try:
-        line = run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
-        return 130
-    print(line)
-    return 0
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from utils.cli import run_main
+
+    def body() -> None:
+        print(run(build_parser().parse_args(argv)))
+
+    return run_main(body, out_of_memory="out of memory while exporting",
+                    interrupted="interrupted; nothing was written")
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ def _real_image() -> np.ndarray:
 
 
 SIZES = {"x2.5": lambda h, w: (round(h * 2.5), round(w * 2.5)), "x4": lambda h, w: (h * 4, w * 4),
-         "2x3.3": lambda h, w: (round(h * 3.3), w * 2)}  # asymmetric: x2 horizontally, x3.3 vertically
+         "3.3x2": lambda h, w: (round(h * 3.3), w * 2)}  # asymmetric (HxW)
 
 
 @pytest.mark.parametrize("key", ["bundled", "lmlte", "lte", "liif", "rdn"])
@@ -306,3 +306,47 @@ def test_runner_bad_folder_is_one_clear_error(tmp_path):
     (tmp_path / "model.json").write_text('{"format": "something-else"}')
     with pytest.raises(UserError, match="not an lmf-onnx"):
         OnnxUpscaler(tmp_path)
+
+
+# --- demo.py --onnx -----------------------------------------------------------------------
+def _demo(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "demo.py"), *argv], capture_output=True, text=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("mode", ["LA", "RGB"])
+def test_demo_onnx_matches_demo_pytorch(mode, tmp_path):
+    """demo.py --onnx writes the image demo.py writes with PyTorch (same size, mode; pixels within
+    one 8-bit level), for a grayscale+alpha and an RGB input, at an asymmetric scale."""
+    _need_export_packages()
+    from PIL import Image
+
+    img = (_real_image()[:, :21, :30] * 255).round().astype(np.uint8).transpose(1, 2, 0)
+    src = tmp_path / "in.png"
+    im = Image.fromarray(img)
+    if mode == "LA":
+        im = im.convert("L")
+        im.putalpha(Image.fromarray(img[:, :, 1]))
+    im.save(src)
+    a, b = tmp_path / "torch.png", tmp_path / "onnx.png"
+    r1 = _demo("--input", str(src), "--scale", "3x2.5", "--output", str(a), "--device", "cpu")
+    r2 = _demo("--onnx", str(_export_dir("bundled")), "--input", str(src), "--scale", "3x2.5", "--output", str(b))
+    assert r1.returncode == 0 and r2.returncode == 0, r1.stderr + r2.stderr
+    ia, ib = Image.open(a), Image.open(b)
+    assert ia.mode == ib.mode == mode and ia.size == ib.size == (75, 63)
+    assert np.abs(np.asarray(ia, np.int16) - np.asarray(ib, np.int16)).max() <= 1
+
+
+@pytest.mark.parametrize("extra", [["--cmsr"], ["--model", "x.pth"], ["--device", "cuda"], []])
+def test_demo_onnx_bad_requests(extra, tmp_path):
+    """Options the ONNX runner does not have, and a folder that is not an export: one line, exit 2."""
+    from PIL import Image
+
+    src = tmp_path / "in.png"
+    Image.new("RGB", (5, 4)).save(src)
+    folder = tmp_path / "not-an-export"
+    folder.mkdir()
+    res = _demo("--onnx", str(folder), "--input", str(src), "--scale", "2", "--output", str(tmp_path / "o.png"), *extra)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert not (tmp_path / "o.png").exists()

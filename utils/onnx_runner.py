@@ -180,14 +180,17 @@ class OnnxUpscaler:
         return out
 
 
-def upscale_file(model: OnnxUpscaler, src: str | os.PathLike, dst: str | os.PathLike, size: tuple[int, int],
+def upscale_file(model: OnnxUpscaler, src: str | os.PathLike, dst: str | os.PathLike,
+                 size: tuple[int, int] | Callable[[int, int], tuple[int, int]],
                  progress: Callable[[int], None] | None = None) -> None:
-    """Read ``src``, upscale to ``size`` = (H, W) and write ``dst`` (grayscale and alpha handled
-    as ``demo.py`` does: see :func:`utils.images.compose_output`)."""
+    """Read ``src``, upscale to ``size`` = (H, W) (or ``size(h, w)`` -> (H, W)) and write ``dst``
+    (grayscale and alpha handled as ``demo.py`` does: see :func:`utils.images.compose_output`)."""
     from utils.images import compose_output, read_image, save_array
 
     arr = read_image(src)  # (h, w, 3) uint8, or float32 in [0, 1] for 16-bit files
     img = arr.astype(np.float32).transpose(2, 0, 1) / np.float32(255) if arr.dtype == np.uint8 \
         else arr.transpose(2, 0, 1).astype(np.float32)
+    if callable(size):
+        size = size(arr.shape[0], arr.shape[1])
     rgb = model.upsample(np.ascontiguousarray(img), size, progress)
     save_array(compose_output(rgb, src), dst)

@@ -237,7 +237,7 @@ def test_runner_bounded_memory_1280x720_x4(tmp_path):
     _need_export_packages()
     peak_kib = _run_runner(tmp_path, _export_dir("bundled"), lr=(720, 1280), scale=4)
     print(f"runner peak RSS, 1280x720 x4: {peak_kib / 2**20:.2f} GiB")
-    assert peak_kib < 2.5 * 2**20
+    assert peak_kib < 3 * 2**20
 
 
 # --- bad requests -------------------------------------------------------------------------

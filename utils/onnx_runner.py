@@ -43,8 +43,11 @@ def clipped_cell(size: tuple[int, int], scale_hw: Sequence[float], scale_max: fl
     return cell * f
 
 
-def _session_options(ort, threads: int | None):
+def _session_options(ort, threads: int | None, arena: bool = True):
     opts = ort.SessionOptions()
+    # the encoder and latent run once per image on large tensors: without onnxruntime's arena
+    # their buffers go back to the system when done instead of staying reserved for the render
+    opts.enable_cpu_mem_arena = arena
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
@@ -80,12 +83,12 @@ class OnnxUpscaler:
         self.chunk = int(chunk or meta["chunk"])
         if self.chunk < 1:
             raise UserError("the render chunk must be a positive number of queries")
-        opts = _session_options(ort, threads)
         self.sessions = {}
         for stage, name in meta["graphs"].items():
             path = folder / name
             if not path.is_file():
                 raise UserError(f"{folder} is missing {name} (export the model again)")
+            opts = _session_options(ort, threads, arena=stage == "render")
             try:
                 self.sessions[stage] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
             except Exception as e:  # onnxruntime raises its own exception types for bad files

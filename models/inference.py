@@ -141,10 +141,7 @@ def upscale_image(model: nn.Module, image, scale: float | Sequence[float] | None
     into the edge. Grayscale sources give one colour channel (the mean of the model's RGB).
     ``utils.images.to_pil`` / ``save_image`` turn the result into a PIL image / a file.
     """
-    import numpy as np
-    from PIL import Image
-
-    from utils.images import fill_transparent, open_image
+    from utils.images import compose_output, fill_transparent, open_image
 
     rgb, alpha, gray = open_image(image)
     h, w = rgb.shape[-2:]
@@ -154,8 +151,4 @@ def upscale_image(model: nn.Module, image, scale: float | Sequence[float] | None
     dev = next(model.parameters()).device
     sr = upsample(model, rgb.unsqueeze(0).to(dev), (H, W), bsize=bsize, cmsr=cmsr, stats=stats,
                   progress=progress)[0].cpu()
-    out = sr.mean(0, keepdim=True) if gray else sr
-    if alpha is not None:
-        a = Image.fromarray(alpha).resize((W, H), Image.BICUBIC)
-        out = torch.cat([out, torch.from_numpy(np.array(a, dtype=np.float32) / 255).unsqueeze(0)], dim=0)
-    return out
+    return torch.from_numpy(compose_output(sr.numpy(), alpha, gray))  # grayscale/alpha as the source

@@ -54,33 +54,41 @@ class LMLIIF(ImplicitDecoder):
         imnet_in = self.code_dim + 2 + (2 if cell_decode else 0)
         self.imnet = make(imnet_spec, args={"in_dim": imnet_in, "mod_up_merge": False})
 
-    latent_band_cells = 1 << 16  # per-cell work runs on bands of LR rows of about this many cells
+    latent_band_cells: int | None = 1 << 16  # per-cell work runs on bands of LR rows of about this many cells
 
     def latent(self, feat: torch.Tensor, inp: torch.Tensor, cell: torch.Tensor) -> Latent:
         b, _, h, w = feat.shape
-        extra = latent_cell(cell, h, w) if self.cell_decode else None
+        # the cell is measured in cells of the LR image (inp), so that a band of feature rows
+        # (the exported latent graph runs on bands) sees the same cell as the whole map
+        extra = latent_cell(cell, *inp.shape[-2:]) if self.cell_decode else None
+        if torch.is_grad_enabled() or not self.latent_band_cells or self.latent_band_cells // w >= h:
+            mods, complexity = self._latent_rows(feat, extra, 0, h)  # one band (no size-dependent loop)
+            return Latent(inp=inp, table=inp.new_zeros(b, h * w, 0), mods=mods, complexity=complexity)
         depth, hd = self.imnet.hidden_depth, self.imnet.hidden_dim
-        halo = 1 if self.feat_unfold else 0
-        band = max(1, self.latent_band_cells // w) if not torch.is_grad_enabled() else h
-        mods = feat.new_empty(depth, b, h * w, 2 * hd) if band < h else None
+        band = max(1, self.latent_band_cells // w)
+        mods = feat.new_empty(depth, b, h * w, 2 * hd)
         complexity = feat.new_empty(b, 1, h, w)
         for r0 in range(0, h, band):  # bands bound the peak memory on large images (exact: 1-row halo)
             r1 = min(h, r0 + band)
-            a0, a1 = max(0, r0 - halo), min(h, r1 + halo)
-            part = feat[:, :, a0:a1]
-            x = conv_linear(part, self.hypernet.layers[0], self.feat_unfold, extra)
-            mod = self.hypernet.layers[1:](x).view(b, a1 - a0, w, -1)[:, r0 - a0: r1 - a0].reshape(b, (r1 - r0) * w, -1)
-            code = mod[..., self.mod_dim:] if self.mod_input else as_table(feat[:, :, r0:r1])
-            w0 = self.imnet.hidden(0)
-            layer0_bias = code @ w0.weight[:, : self.code_dim].t() + w0.bias
-            folded = self.imnet.fold(mod[..., : self.mod_dim].reshape(-1, self.mod_dim),
-                                     layer0_bias.reshape(-1, hd))
-            if band >= h:
-                mods = folded.view(depth, b, h * w, -1)
-            else:
-                mods[:, :, r0 * w: r1 * w] = folded.view(depth, b, (r1 - r0) * w, -1)
-            complexity[:, :, r0:r1] = mod[..., self.imnet.shift_slice()].abs().mean(-1).view(b, 1, r1 - r0, w)
+            mods[:, :, r0 * w: r1 * w], complexity[:, :, r0:r1] = self._latent_rows(feat, extra, r0, r1)
         return Latent(inp=inp, table=inp.new_zeros(b, h * w, 0), mods=mods, complexity=complexity)
+
+    def _latent_rows(self, feat: torch.Tensor, extra: torch.Tensor | None, r0: int,
+                     r1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Folded modulations (depth, B, (r1-r0)*w, 2*hd) and complexity (B, 1, r1-r0, w) of rows r0:r1."""
+        b, _, h, w = feat.shape
+        depth, hd = self.imnet.hidden_depth, self.imnet.hidden_dim
+        halo = 1 if self.feat_unfold else 0
+        a0, a1 = max(0, r0 - halo), min(h, r1 + halo)
+        part = feat[:, :, a0:a1]
+        x = conv_linear(part, self.hypernet.layers[0], self.feat_unfold, extra)
+        mod = self.hypernet.layers[1:](x).view(b, a1 - a0, w, -1)[:, r0 - a0: r1 - a0].reshape(b, (r1 - r0) * w, -1)
+        code = mod[..., self.mod_dim:] if self.mod_input else as_table(feat[:, :, r0:r1])
+        w0 = self.imnet.hidden(0)
+        layer0_bias = code @ w0.weight[:, : self.code_dim].t() + w0.bias
+        folded = self.imnet.fold(mod[..., : self.mod_dim].reshape(-1, self.mod_dim), layer0_bias.reshape(-1, hd))
+        complexity = mod[..., self.imnet.shift_slice()].abs().mean(-1).view(b, 1, r1 - r0, w)
+        return folded.view(depth, b, (r1 - r0) * w, -1), complexity
 
     def render(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         h, w = lat.hw

@@ -27,7 +27,7 @@ def test_readme_hub_snippet_runs_from_outside_the_repository(tmp_path):
     code = _snippet("python-hub")
     assert 'REPO = "path/to/this/clone"' in code
     code = code.replace('"path/to/this/clone"', repr(str(ROOT)))
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900,
                        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     with Image.open(tmp_path / "shapes_x4.png") as im, Image.open(ROOT / "samples" / "shapes.png") as src:

@@ -15,7 +15,7 @@ from a teacher model.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -166,7 +166,3 @@ def frozen_prefixes(spec: Mapping[str, Any] | None, epoch: int) -> list[str]:
         return []
     until = spec.get("epochs")
     return list(spec["modules"]) if until is None or epoch <= until else []
-
-
-def describe(names: Iterable[str]) -> str:
-    return ", ".join(names)

@@ -15,8 +15,6 @@ import argparse
 import os
 import sys
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.checkpoint import load_checkpoint, model_spec, save_atomic  # noqa: E402

@@ -15,6 +15,8 @@ if str(ROOT) not in sys.path:
 SHARED = Path(os.environ.get("LMF_SHARED", ROOT.parent / "shared"))
 FIXTURES = SHARED / "fixtures" / "official"
 DATA = SHARED / "data"
+if DATA.is_dir():  # the shipped configs read ${LMF_DATA}: point it at the project's shared copy
+    os.environ.setdefault("LMF_DATA", str(DATA))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

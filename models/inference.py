@@ -87,7 +87,7 @@ def upsample(model: nn.Module, img: torch.Tensor, size: tuple[int, int], scale_m
         if active is not None and dev.type == "cpu":
             from . import fast_render
             if fast_render.library() is not None:
-                note = "on the CPU the full render is usually faster than CMSR (docs/cmsr.md)"
+                note = "on the CPU CMSR saves little time and needs more memory (docs/cmsr.md)"
         if note is not None and stats is not None:
             stats["cmsr_note"] = note
         if active is not None:

@@ -6,6 +6,7 @@
     python demo.py --input x.png --scale 3x2 --output y.png        # x3 vertically, x2 horizontally (HxW)
     python demo.py --input x.png --size 1920x1080 --output y.jpg   # exact output size (W x H)
     python demo.py --input x.png --scale 12 --cmsr table.yaml --output y.png --model ckpt.pth
+    python demo.py --onnx export/lmliif --input x.png --scale 3.5 --output y.png   # no torch needed
 
 Any Pillow-readable input (PNG, JPEG, BMP, TIFF, ...; grayscale, palette, 16-bit). Colour is
 upscaled by the model; an alpha channel is upscaled separately with Pillow's bicubic filter and
@@ -122,6 +123,8 @@ def render(model, inp_path: Path, size: tuple[int, int], args: argparse.Namespac
 
 def run(args: argparse.Namespace) -> dict:
     inp_path, out_path = check_paths(args)
+    if args.onnx is not None:
+        return run_onnx(args, inp_path, out_path)
     from utils.images import read_image, save_image
 
     h, w = read_image(inp_path).shape[:2]  # validates the file (one-line errors)
@@ -136,6 +139,29 @@ def run(args: argparse.Namespace) -> dict:
     return {"in": (w, h), "out": (W, H), "seconds": time.perf_counter() - t0, **stats}
 
 
+def run_onnx(args: argparse.Namespace, inp_path: Path, out_path: Path) -> dict:
+    """The same upscaling with a model exported by scripts/export_onnx.py (onnxruntime, no torch)."""
+    for flag, given in (("--model", args.model is not None), ("--cmsr", args.cmsr is not None),
+                        ("--device", args.device not in ("auto", "cpu"))):
+        if given:
+            raise UserError(f"--onnx cannot be combined with {flag} (the exported folder is the model; "
+                            "the ONNX runner renders every query on the CPU, without CMSR)")
+    from utils.onnx_runner import OnnxUpscaler, upscale_file
+
+    runner = OnnxUpscaler(args.onnx, chunk=args.bsize)
+    info: dict = {}
+    t0 = time.perf_counter()
+
+    def size_of(h: int, w: int) -> tuple[int, int]:
+        H, W = output_size(args, h, w)
+        info.update({"in": (w, h), "out": (W, H)})
+        return H, W
+
+    upscale_file(runner, inp_path, out_path, size_of)
+    info["seconds"] = time.perf_counter() - t0
+    return info
+
+
 def build_parser() -> Parser:
     ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", required=True, help="image to upscale")
@@ -147,6 +173,8 @@ def build_parser() -> Parser:
     ap.add_argument("--cmsr", nargs="?", const=str(DEFAULT_CMSR),
                     help="use CMSR beyond x4 with this Scale2Mod table (default: the bundled model's)")
     ap.add_argument("--bsize", type=positive_int, help="queries rendered at a time (memory/speed trade-off)")
+    ap.add_argument("--onnx", metavar="DIR", help="use a model exported by scripts/export_onnx.py "
+                    "(onnxruntime, no PyTorch needed; see docs/export.md)")
     return ap
 
 

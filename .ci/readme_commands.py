@@ -35,6 +35,8 @@ RUN = [
     f"python test.py --config configs/test/test-samples.yaml --model {BUNDLED} --scales 2.5,3x2 --out results.json",
     f"python test.py --config configs/test/test-samples.yaml --model {BUNDLED} --scales 8 "
     "--cmsr weights/cmsr_lmliif_edsr-b_cpu.yaml",
+    "python scripts/export_onnx.py --out export/lmliif",  # .ci/run installs requirements-export.txt first
+    "python demo.py --onnx export/lmliif --input samples/clouds.png --scale 3.5 --output out.png",
 ]
 NO_DATA = [
     "python train.py --config configs/cpu/train_edsr-baseline-lmliif.yaml",
@@ -54,6 +56,7 @@ SKIP = {
     "python train.py --config ... --amp bf16": "template",
     "python scripts/get_data.py set5 && python test.py --config configs/test/test-set5.yaml "
     "--model save/NAME/epoch-last.pth --scales 2,3,4,6,8,12": "download (network) and a trained run",
+    "python scripts/export_onnx.py --model ckpt.pth --out export/run --opset 18": "template",
 }
 ALL = set(RUN) | set(NO_DATA) | set(SKIP)
 

@@ -33,7 +33,7 @@ def denormalise(x: torch.Tensor, sub: Sequence[float] = (0.5,), div: Sequence[fl
     return x * _stat(div, x) + _stat(sub, x)
 
 
-def clip_cell(cell: torch.Tensor, scale_hw: Sequence[float], scale_max: float = 4.0) -> torch.Tensor:
+def clip_cell(cell: torch.Tensor, scale_hw: Sequence[float], scale_max: float = multiscale.TRAINING_SCALE) -> torch.Tensor:
     """Enlarge cells beyond the training range: cell * max(s / scale_max, 1) per axis."""
     f = torch.tensor([max(float(s) / scale_max, 1.0) for s in scale_hw], dtype=cell.dtype, device=cell.device)
     return cell * f
@@ -41,7 +41,7 @@ def clip_cell(cell: torch.Tensor, scale_hw: Sequence[float], scale_max: float = 
 
 @torch.no_grad()
 def predict(model: nn.Module, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor,
-            scale_hw: Sequence[float] | None = None, scale_max: float = 4.0, bsize: int | None = None,
+            scale_hw: Sequence[float] | None = None, scale_max: float = multiscale.TRAINING_SCALE, bsize: int | None = None,
             cmsr: CMSR | bool | None = None, stats: dict | None = None,
             inp_norm: tuple = ((0.5,), (0.5,)), gt_norm: tuple = ((0.5,), (0.5,))) -> torch.Tensor:
     """LR ``inp`` (B, 3, h, w) in [0, 1] and queries -> RGB (B, Q, 3) in [0, 1] (clamped)."""
@@ -51,7 +51,7 @@ def predict(model: nn.Module, inp: torch.Tensor, coord: torch.Tensor, cell: torc
     return denormalise(pred, *gt_norm).clamp_(0, 1)
 
 
-def upsample(model: nn.Module, img: torch.Tensor, size: tuple[int, int], scale_max: float = 4.0,
+def upsample(model: nn.Module, img: torch.Tensor, size: tuple[int, int], scale_max: float = multiscale.TRAINING_SCALE,
              bsize: int | None = None, cmsr: CMSR | bool | None = None, stats: dict | None = None,
              progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Upscale ``img`` (B, 3, h, w) in [0, 1] to ``size`` = (H, W) -> (B, 3, H, W) in [0, 1].
@@ -143,10 +143,7 @@ def upscale_image(model: nn.Module, image, scale: float | Sequence[float] | None
     into the edge. Grayscale sources give one colour channel (the mean of the model's RGB).
     ``utils.images.to_pil`` / ``save_image`` turn the result into a PIL image / a file.
     """
-    import numpy as np
-    from PIL import Image
-
-    from utils.images import fill_transparent, open_image
+    from utils.images import compose_output, fill_transparent, open_image
 
     rgb, alpha, gray = open_image(image)
     h, w = rgb.shape[-2:]
@@ -156,8 +153,4 @@ def upscale_image(model: nn.Module, image, scale: float | Sequence[float] | None
     dev = next(model.parameters()).device
     sr = upsample(model, rgb.unsqueeze(0).to(dev), (H, W), bsize=bsize, cmsr=cmsr, stats=stats,
                   progress=progress)[0].cpu()
-    out = sr.mean(0, keepdim=True) if gray else sr
-    if alpha is not None:
-        a = Image.fromarray(alpha).resize((W, H), Image.BICUBIC)
-        out = torch.cat([out, torch.from_numpy(np.array(a, dtype=np.float32) / 255).unsqueeze(0)], dim=0)
-    return out
+    return torch.from_numpy(compose_output(sr.numpy(), alpha, gray))  # grayscale/alpha as the source

@@ -41,27 +41,27 @@ class LMDecoder(ImplicitDecoder):
         fused = self.render_mlp.fused(lat.mods, in_width=self.fused_input_width)
         return fast_render.FUSED_BSIZE if fused else self.default_bsize
 
-    def banded_latent(self, feat: torch.Tensor, band_cells: int,
+    def banded_latent(self, feat: torch.Tensor, band_cells: int | None,
                       cells: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-LR-cell work on bands of LR rows of about ``band_cells`` cells (whole image with
-        autograd): ``cells(r0, r1)`` returns rows r0..r1's folded tables (depth, B*n, 2*hd) and
-        CMSR complexity (B, n), n = (r1 - r0) * w. Returns ``mods`` (depth, B, h*w, 2*hd) and
-        the complexity map (B, 1, h, w). Exact: a band reads its neighbour rows itself (halo),
-        so bands only bound the peak memory on large images."""
+        """Per-LR-cell work on bands of LR rows of about ``band_cells`` cells (one band: with
+        autograd, or when ``band_cells`` is None): ``cells(r0, r1)`` returns rows r0..r1's folded
+        tables (depth, B*n, 2*hd) and CMSR complexity (B, n), n = (r1 - r0) * w. Returns
+        ``mods`` (depth, B, h*w, 2*hd) and the complexity map (B, 1, h, w). Exact: a band reads
+        its neighbour rows itself (halo), so bands only bound the peak memory on large images."""
         b, _, h, w = feat.shape
-        depth, hd = self.render_mlp.hidden_depth, self.render_mlp.hidden_dim
-        band = max(1, band_cells // w) if not torch.is_grad_enabled() else h
-        mods = feat.new_empty(depth, b, h * w, 2 * hd) if band < h else None
+        depth = self.render_mlp.hidden_depth
+        if torch.is_grad_enabled() or not band_cells or band_cells // w >= h:
+            # one band, without a loop whose length depends on the size (the ONNX export traces this)
+            folded, comp = cells(0, h)
+            return folded.view(depth, b, h * w, -1), comp.view(b, 1, h, w)
+        band = max(1, band_cells // w)
+        mods = feat.new_empty(depth, b, h * w, 2 * self.render_mlp.hidden_dim)
         complexity = feat.new_empty(b, 1, h, w)
         for r0 in range(0, h, band):
             r1 = min(h, r0 + band)
             folded, comp = cells(r0, r1)
-            if band >= h:
-                mods = folded.view(depth, b, h * w, -1)
-            else:
-                mods[:, :, r0 * w: r1 * w] = folded.view(depth, b, (r1 - r0) * w, -1)
+            mods[:, :, r0 * w: r1 * w] = folded.view(depth, b, (r1 - r0) * w, -1)
             complexity[:, :, r0:r1] = comp.view(b, 1, r1 - r0, w)
-        assert mods is not None
         return mods, complexity
 
     def forward(self, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor, bsize: int | None = None,

@@ -45,11 +45,15 @@ class LMLIIF(LMDecoder):
     def render_mlp(self) -> ModulatedMLP:
         return self.imnet
 
-    latent_band_cells = 1 << 16  # per-cell work runs on bands of LR rows of about this many cells
+    # per-cell work runs on bands of LR rows of about this many cells (None: one band, as in the
+    # exported latent graph, whose runner does the banding itself)
+    latent_band_cells: int | None = 1 << 16
 
     def latent(self, feat: torch.Tensor, inp: torch.Tensor, cell: torch.Tensor) -> Latent:
         b, _, h, w = feat.shape
-        extra = latent_cell(cell, h, w) if self.cell_decode else None
+        # the cell is measured in cells of the LR image (inp), not of ``feat``: the exported
+        # latent graph gets a band of feature rows and must see the whole image's cell
+        extra = latent_cell(cell, *inp.shape[-2:]) if self.cell_decode else None
         halo = 1 if self.feat_unfold else 0
         w0 = self.imnet.hidden(0)
 

@@ -54,7 +54,8 @@ class LMLTE(LMDecoder):
         coef, freq = as_table(self.coef(feat)), as_table(self.freq(feat))
         ones = freq.new_ones(1, 1, 2)
         if self.cell_decode:
-            phase = self.phase(latent_cell(cell, h, w))  # (B, 1, hidden/2): one per image
+            # (B, 1, hidden/2): one per image; cells of the LR image (inp), as in LM-LIIF
+            phase = self.phase(latent_cell(cell, *inp.shape[-2:]))
         else:
             phase = freq.new_zeros(1, 1, self.hidden_dim // 2)
         mod = self.hypernet(coef * fourier_basis(freq, ones, phase))

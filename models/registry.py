@@ -15,6 +15,7 @@ from utils.registry import Registry
 MODELS = Registry("model")
 register = MODELS.register
 names = MODELS.names
+name_of = MODELS.name_of
 
 
 def make(spec: Mapping[str, Any], args: Mapping[str, Any] | None = None, load_sd: bool = False) -> nn.Module:

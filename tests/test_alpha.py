@@ -46,6 +46,21 @@ def test_fill_transparent_takes_colour_from_visible_neighbours():
     assert torch.equal(fill_transparent(rgb, np.zeros((4, 5), np.uint8)), rgb)  # nothing visible: unchanged
 
 
+def test_fill_transparent_numpy_equals_tensor():
+    """One implementation (numpy) serves the PyTorch path (tensors) and the ONNX runner (arrays)."""
+    from utils.images import fill_transparent
+
+    rng = np.random.default_rng(3)
+    for h, w in ((1, 7), (9, 13), (32, 31)):
+        rgb = rng.random((3, h, w), dtype=np.float32)
+        alpha = (rng.integers(0, 256, (h, w)) * (rng.random((h, w)) > 0.75)).astype(np.uint8)
+        alpha.flat[0] = 200  # at least one visible pixel
+        out = fill_transparent(rgb, alpha)
+        assert isinstance(out, np.ndarray) and out.dtype == np.float32
+        assert np.array_equal(fill_transparent(torch.from_numpy(rgb), alpha).numpy(), out)
+        assert np.array_equal(out[:, alpha > 0], rgb[:, alpha > 0])
+
+
 @pytest.mark.skipif(not BUNDLED.exists(), reason="needs the bundled model weights/lmliif_edsr-b_cpu.pth")
 def test_rgba_upscale_has_no_fringe_from_hidden_colour(tmp_path):
     import models

@@ -16,22 +16,29 @@ ones for 8-bit files. Choices a reader should know:
 * Pillow's decompression-bomb *warning* is an error here too (images above
   ``PIL.Image.MAX_IMAGE_PIXELS``, about 89 Mpx by default).
 * Any failure to read a file is a one-line ``UserError`` naming the file.
+
+Only the tensor functions (:func:`array_to_tensor`, :func:`load_image`, :func:`open_image`,
+:func:`to_pil`, :func:`save_image`, and :func:`fill_transparent` given a tensor) need torch, imported
+when called: the ONNX runner uses the numpy functions without it.
 """
 from __future__ import annotations
 
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from utils.atomic import write_atomic
 from utils.errors import UserError
 
-__all__ = ["read_image", "read_alpha", "array_to_tensor", "load_image", "save_image", "open_image",
-           "fill_transparent", "to_pil", "GRAY_MODES"]
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["GRAY_MODES", "array_to_float", "array_to_tensor", "compose_output", "fill_transparent", "is_gray",
+           "load_image", "open_array", "open_image", "read_alpha", "read_image", "save_array", "save_image", "to_pil"]
 
 GRAY_MODES = ("L", "LA", "1", "I", "I;16", "I;16L", "I;16B", "F")
 
@@ -74,14 +81,20 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise UserError(f"cannot read image {path}: {msg}") from None
 
 
+def array_to_float(arr: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 or float array -> (3, H, W) float32 in [0, 1] (ToTensor's arithmetic: a
+    float32 division of the uint8 values by 255)."""
+    a = arr.transpose(2, 0, 1)
+    if a.dtype == np.uint8:
+        return np.ascontiguousarray(a.astype(np.float32) / np.float32(255))
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
 def array_to_tensor(arr: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 or float array -> (3, H, W) float32 in [0, 1] (ToTensor's arithmetic)."""
-    if not arr.flags.writeable:  # torch.from_numpy warns on read-only arrays
-        arr = arr.copy()
-    t = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-    if t.dtype == torch.uint8:
-        return t.float().div(255)
-    return t.float()
+    """(H, W, 3) uint8 or float array -> (3, H, W) float32 tensor in [0, 1] (:func:`array_to_float`)."""
+    import torch
+
+    return torch.from_numpy(array_to_float(arr))
 
 
 def _alpha_of(img: Image.Image) -> np.ndarray | None:
@@ -99,18 +112,42 @@ def read_alpha(path: str | os.PathLike) -> np.ndarray | None:
         raise UserError(f"cannot read the alpha channel of {path}: {e}") from None
 
 
-def open_image(src: "str | os.PathLike | Image.Image") -> tuple[torch.Tensor, np.ndarray | None, bool]:
-    """A file path or a PIL image -> (RGB (3, H, W) float32 in [0, 1], alpha (H, W) uint8 or None,
-    whether the source is grayscale). The RGB part is decoded exactly as :func:`load_image`."""
+def is_gray(path: str | os.PathLike) -> bool:
+    """Whether the file is a grayscale image (its upscaled output is then grayscale too)."""
+    with Image.open(path) as im:
+        return im.mode in GRAY_MODES
+
+
+def open_array(src: str | os.PathLike | Image.Image) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """A file path or a PIL image -> (RGB (H, W, 3) as :func:`read_image`, alpha (H, W) uint8 or
+    None, whether the source is grayscale). Files are validated by :func:`read_image` (one-line errors)."""
     if isinstance(src, Image.Image):
-        return array_to_tensor(_to_rgb_array(src)), _alpha_of(src), src.mode in GRAY_MODES
-    rgb = load_image(src)
-    with Image.open(src) as img:
-        gray = img.mode in GRAY_MODES
-    return rgb, read_alpha(src), gray
+        return _to_rgb_array(src), _alpha_of(src), src.mode in GRAY_MODES
+    arr = read_image(src)
+    return arr, read_alpha(src), is_gray(src)
 
 
-def fill_transparent(rgb: torch.Tensor, alpha: np.ndarray | torch.Tensor) -> torch.Tensor:
+def open_image(src: str | os.PathLike | Image.Image) -> tuple[torch.Tensor, np.ndarray | None, bool]:
+    """:func:`open_array` with the RGB part as a (3, H, W) float32 tensor in [0, 1] (as :func:`load_image`)."""
+    arr, alpha, gray = open_array(src)
+    return array_to_tensor(arr), alpha, gray
+
+
+def _pool2(x: np.ndarray) -> np.ndarray:
+    """2x2 average pooling of (C, H, W) with ceil mode (edge windows average the pixels they hold);
+    the same float32 arithmetic as ``torch.nn.functional.avg_pool2d(x, 2, ceil_mode=True)`` on a
+    CPU: the window summed in row order, then divided by its pixel count."""
+    c, h, w = x.shape
+    p = np.zeros((c, h + h % 2, w + w % 2), dtype=x.dtype)
+    p[:, :h, :w] = x
+    s = p[:, 0::2, 0::2] + p[:, 0::2, 1::2] + p[:, 1::2, 0::2] + p[:, 1::2, 1::2]  # adding the zero pad is exact
+    ny = np.full(s.shape[1], 2, dtype=x.dtype)
+    nx = np.full(s.shape[2], 2, dtype=x.dtype)
+    ny[-1], nx[-1] = 2 - h % 2, 2 - w % 2
+    return s / (ny[:, None] * nx[None, :])
+
+
+def fill_transparent(rgb, alpha):
     """Replace the colour of fully transparent pixels by a smooth fill from the visible ones.
 
     The colour stored under alpha 0 is invisible but arbitrary (often saturated: a green screen,
@@ -120,29 +157,47 @@ def fill_transparent(rgb: torch.Tensor, alpha: np.ndarray | torch.Tensor) -> tor
     alpha-weighted image pyramid is built down to 1x1, and every transparent pixel takes the
     colour of the finest level at which its neighbourhood holds visible pixels. Pixels with
     alpha > 0 keep their colour; an image with no visible pixel is returned unchanged.
-    ``rgb``: (3, H, W) float; ``alpha``: (H, W) uint8 (or float in [0, 1]).
+    ``rgb``: (3, H, W) float32 numpy array or tensor (the result is of the same kind, on the
+    same device); ``alpha``: (H, W) uint8 (or float in [0, 1]). Computed with numpy, so the
+    PyTorch and the ONNX paths share it.
     """
-    a = torch.as_tensor(np.asarray(alpha)).to(device=rgb.device)
-    a = a.float() / 255 if a.dtype == torch.uint8 else a.float()
+    if not isinstance(rgb, np.ndarray):  # a tensor
+        import torch
+
+        arr = rgb.detach().cpu().numpy()
+        out = fill_transparent(arr, alpha.cpu().numpy() if torch.is_tensor(alpha) else alpha)
+        return rgb if out is arr else torch.from_numpy(out).to(device=rgb.device, dtype=rgb.dtype)
+    alpha = np.asarray(alpha)
+    a = alpha.astype(np.float32) / np.float32(255) if alpha.dtype == np.uint8 else alpha.astype(np.float32)
     hidden = a <= 0
     if not hidden.any() or hidden.all():
         return rgb
-    import torch.nn.functional as F
-
-    w = a.to(rgb.dtype)[None, None]
-    c = rgb[None] * w
+    w = a.astype(rgb.dtype)[None]
+    c = rgb * w
     levels = [(c, w)]
     while max(c.shape[-2:]) > 1:  # pull: alpha-weighted averages (the pooling divisor cancels in c / w)
-        c, w = F.avg_pool2d(c, 2, ceil_mode=True), F.avg_pool2d(w, 2, ceil_mode=True)
+        c, w = _pool2(c), _pool2(w)
         levels.append((c, w))
     filled = None
     for c, w in reversed(levels):  # push: known colour where there is some, else the coarser fill
-        mean = c / w.clamp_min(1e-12)
+        mean = c / np.maximum(w, np.asarray(1e-12, dtype=w.dtype))
         if filled is not None:
-            up = filled.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)[..., :c.shape[2], :c.shape[3]]
-            mean = torch.where(w > 0, mean, up)
+            up = filled.repeat(2, axis=1).repeat(2, axis=2)[:, :c.shape[1], :c.shape[2]]
+            mean = np.where(w > 0, mean, up)
         filled = mean
-    return torch.where(hidden[None], filled[0], rgb)
+    return np.where(hidden[None], filled, rgb).astype(rgb.dtype, copy=False)
+
+
+def compose_output(rgb: np.ndarray, alpha: np.ndarray | None, gray: bool) -> np.ndarray:
+    """The upscaled colour (3, H, W) float32 in [0, 1] -> the output image of a source with this
+    ``alpha`` ((h, w) uint8 or None) and grayscale flag (see :func:`open_array`): grayscale sources
+    give the channel mean (1 channel), and the alpha channel is resized with Pillow's bicubic
+    filter and appended ((C+1, H, W): LA or RGBA)."""
+    out = rgb.mean(0, keepdims=True, dtype=np.float32) if gray else rgb
+    if alpha is not None:
+        a = Image.fromarray(alpha).resize((rgb.shape[2], rgb.shape[1]), Image.BICUBIC)
+        out = np.concatenate([out, (np.asarray(a, dtype=np.float32) / np.float32(255))[None]], axis=0)
+    return out
 
 
 def load_image(path: str | os.PathLike) -> torch.Tensor:
@@ -150,27 +205,40 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     return array_to_tensor(read_image(path))
 
 
-def to_pil(img: torch.Tensor) -> Image.Image:
-    """(C, H, W) tensor in [0, 1] -> 8-bit PIL image: L (C=1), LA (2), RGB (3) or RGBA (4); values
-    are rounded (``(x*255).round().clamp(0, 255)``), not truncated."""
-    if img.dim() != 3 or img.shape[0] not in (1, 2, 3, 4):
-        raise ValueError(f"to_pil expects a (1|2|3|4, H, W) tensor, got shape {tuple(img.shape)}")
-    arr = (img.detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8)
-    arr = arr.permute(1, 2, 0).contiguous().numpy()
+def _check_chw(img, what: str) -> None:
+    if img.ndim != 3 or img.shape[0] not in (1, 2, 3, 4):
+        raise ValueError(f"{what} expects a (1|2|3|4, H, W) image, got shape {tuple(img.shape)}")
+
+
+def _as_array(img) -> np.ndarray:
+    return img if isinstance(img, np.ndarray) else img.detach().float().cpu().numpy()
+
+
+def to_pil(img) -> Image.Image:
+    """(C, H, W) tensor or array in [0, 1] -> 8-bit PIL image: L (C=1), LA (2), RGB (3) or RGBA (4);
+    values are rounded (``(x*255).round().clip(0, 255)`` in float32), not truncated."""
+    _check_chw(img, "to_pil")
+    arr = np.clip(np.round(_as_array(img).astype(np.float32, copy=False) * np.float32(255)), 0, 255).astype(np.uint8)
+    arr = np.ascontiguousarray(arr.transpose(1, 2, 0))
     return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
 
 
 def save_image(img: torch.Tensor, path: str | os.PathLike, quality: int = 95) -> None:
-    """Write a (C, H, W) tensor in [0, 1] as 8-bit L (C=1), LA (C=2), RGB (C=3) or RGBA (C=4;
+    """:func:`save_array` for a (C, H, W) tensor."""
+    _check_chw(img, "save_image")
+    save_array(_as_array(img), path, quality)
+
+
+def save_array(img: np.ndarray, path: str | os.PathLike, quality: int = 95) -> None:
+    """Write a (C, H, W) float array in [0, 1] as 8-bit L (C=1), LA (C=2), RGB (C=3) or RGBA (C=4;
     formats without alpha, such as JPEG and BMP, get the L/RGB part); format from the extension.
 
-    Values are rounded (``(x*255).round().clamp(0, 255)``), not truncated. The file is written
-    atomically (:func:`utils.atomic.write_atomic`), so a crash never leaves a half-written image.
-    ``quality`` applies to JPEG/WebP only.
+    Values are rounded (``(x*255).round().clip(0, 255)`` in float32), not truncated. The file is
+    written atomically (:func:`utils.atomic.write_atomic`), so a crash never leaves a half-written
+    image. ``quality`` applies to JPEG/WebP only.
     """
     path = Path(path)
-    if img.dim() != 3 or img.shape[0] not in (1, 2, 3, 4):
-        raise ValueError(f"save_image expects a (1|2|3|4, H, W) tensor, got shape {tuple(img.shape)}")
+    _check_chw(img, "save_array")
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None or fmt not in Image.SAVE:
         raise UserError(f"cannot save image {path}: unknown image extension {path.suffix!r}")

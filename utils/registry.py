@@ -33,6 +33,13 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._classes)
 
+    def name_of(self, obj: object) -> str | None:
+        """The name an instance's class is registered under (None if it is not registered)."""
+        for name, cls in self._classes.items():
+            if type(obj) is cls:
+                return name
+        return None
+
     def __contains__(self, name: object) -> bool:
         return name in self._classes
 

@@ -62,6 +62,7 @@ from utils.errors import UserError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from models.cmsr import CMSR
+    from models.decoder import ImplicitDecoder
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +219,7 @@ class Options:
     gt_norm: tuple = ((0.5,), (0.5,))
 
 
-def super_resolve(model: torch.nn.Module, item: dict, scale: ScaleHW | None, opt: Options,
+def super_resolve(model: ImplicitDecoder | None, item: dict, scale: ScaleHW | None, opt: Options,
                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor, ScaleHW, dict]:
     """One sample -> (SR (3, H, W) in [0, 1] on the CPU, HR (3, H, W), scale used, stats)."""
     from models.inference import predict
@@ -233,7 +234,7 @@ def super_resolve(model: torch.nn.Module, item: dict, scale: ScaleHW | None, opt
     if model is None:  # the bicubic baseline: Pillow bicubic upscaling of the (8-bit) LR image
         from datasets.resize import resize_bicubic
         return resize_bicubic(item["inp"], (H, W)), hr, s, stats
-    kw = dict(scale_hw=s, scale_max=opt.scale_max, bsize=opt.bsize,
+    kw: dict[str, Any] = dict(scale_hw=s, scale_max=opt.scale_max, bsize=opt.bsize,
               cmsr=opt.cmsr if opt.cmsr is not None else False, stats=stats,
               inp_norm=opt.inp_norm, gt_norm=opt.gt_norm)
     if opt.window > 0:
@@ -345,7 +346,7 @@ def check_outputs(args: argparse.Namespace, runs: list[Run]) -> Outputs:
         check_not_in_dataset(out_path, roots, "--out")
         if out_path.is_dir():
             raise UserError(f"--out {out_path} is a folder")
-    input_files = set()
+    input_files: set[str] = set()
     for run_ in runs:
         inner = getattr(run_.dataset, "dataset", None)
         for ds in (inner, getattr(inner, "dataset_1", None), getattr(inner, "dataset_2", None)):
@@ -372,7 +373,7 @@ def save_sr(outputs: Outputs, name: str, label: str, sr: torch.Tensor) -> None:
     save_image(sr, dest)
 
 
-def evaluate_item(model: torch.nn.Module | None, run_: Run, i: int, opt: Options,
+def evaluate_item(model: ImplicitDecoder | None, run_: Run, i: int, opt: Options,
                   device: torch.device) -> tuple[dict, torch.Tensor]:
     """Image ``i`` of ``run_`` -> (its record, the SR image)."""
     from utils.metrics import psnr, ssim
@@ -396,7 +397,7 @@ def evaluate_item(model: torch.nn.Module | None, run_: Run, i: int, opt: Options
     return rec, sr
 
 
-def evaluate(runs: list[Run], model: torch.nn.Module | None, opt: Options, device: torch.device,
+def evaluate(runs: list[Run], model: ImplicitDecoder | None, opt: Options, device: torch.device,
              outputs: Outputs, limit: int | None) -> None:
     """Every image of every run: a line per image on stdout, records kept on the runs."""
     import torch

@@ -25,7 +25,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sized
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from torch.utils.data.distributed import DistributedSampler
 import datasets
 import models
 from models import distill
+from models.decoder import ImplicitDecoder
 from models.inference import normalise, predict
 from utils import metrics
 from utils.atomic import TMP_PREFIX, write_text_atomic
@@ -66,7 +67,7 @@ class SeededItems(Dataset):
         self.dataset, self.seed, self.epoch = dataset, seed, 0
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return n_items(self.dataset)
 
     def __getitem__(self, idx: int) -> Any:
         s = (self.seed * 1_000_003 + self.epoch * 10_007 + idx) % (2 ** 32)
@@ -74,6 +75,13 @@ class SeededItems(Dataset):
         np.random.seed(s)
         torch.manual_seed(s)
         return self.dataset[idx]
+
+
+def n_items(ds: Dataset) -> int:
+    """The length of a map-style dataset (all of ours have one)."""
+    if not isinstance(ds, Sized):
+        raise TypeError(f"{type(ds).__name__} has no length")
+    return len(ds)
 
 
 def make_loader(spec: dict, train: bool, seed: int, world: int, rank: int, workers: int,
@@ -91,7 +99,7 @@ def make_loader(spec: dict, train: bool, seed: int, world: int, rank: int, worke
         return DataLoader(part, batch_size=batch, shuffle=False, num_workers=workers, pin_memory=pin)
     if batch % world:
         raise UserError(f"batch_size {batch} is not divisible by the number of processes {world}")
-    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+    sampler: DistributedSampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
     return DataLoader(ds, batch_size=batch // world, sampler=sampler, num_workers=workers, pin_memory=pin)
 
 
@@ -124,7 +132,7 @@ class Log:
 
     def __init__(self, folder: str | None) -> None:
         self.folder, self.writer = folder, None
-        self.started, self.pending = False, []
+        self.started, self.pending = False, list[str]()
 
     def start(self, resume_step: int | None = None) -> None:
         """The run folder exists now: write the pending lines and open TensorBoard.
@@ -261,7 +269,7 @@ def update_frozen(model: nn.Module, cfg: dict, epoch: int, train_set, log: "Log"
     return before != [p.requires_grad for p in model.parameters()]
 
 
-def cache_wrapper(cfg: dict, model: nn.Module, teacher: distill.Teacher | None, device: torch.device,
+def cache_wrapper(cfg: dict, model: ImplicitDecoder, teacher: distill.Teacher | None, device: torch.device,
                   log: "Log"):
     """The ``teacher.cache`` dataset wrapper for make_loader (None when caching is off)."""
     tcfg = cfg.get("teacher")
@@ -308,9 +316,9 @@ def validate(model, loader, cfg, device, world: int) -> float:
             values = -10 * torch.log10(((pred - gt) ** 2).mean(dim=(1, 2)))
         else:
             shape = (pred.shape[0], H, W, 3)
-            values = metrics.psnr(pred.view(shape).permute(0, 3, 1, 2), gt.view(shape).permute(0, 3, 1, 2),
-                                  eval_type=eval_type)
-            values = torch.as_tensor(values, device=device).view(-1)
+            image_psnr = metrics.psnr(pred.view(shape).permute(0, 3, 1, 2), gt.view(shape).permute(0, 3, 1, 2),
+                                      eval_type=eval_type)
+            values = torch.as_tensor(image_psnr, device=device).view(-1)
         total += torch.stack([values.double().sum(), torch.tensor(float(values.numel()), device=device,
                                                                   dtype=torch.float64)])
     if world > 1:
@@ -434,9 +442,9 @@ def prepare_folder(folder: str, cfg: dict, rank: int, log: Log, overwrite: bool 
         log(f"removed {len(stale)} temporary file(s) left by an interrupted checkpoint write")
 
 
-def build_model(cfg: dict, source: str, device: torch.device) -> nn.Module:
+def build_model(cfg: dict, source: str, device: torch.device) -> ImplicitDecoder:
     try:
-        return models.make(cfg["model"]).to(device)
+        return models.make(cfg["model"], kind=ImplicitDecoder).to(device)
     except UserError:
         raise
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:  # e.g. hidden_dim: "x"
@@ -452,7 +460,7 @@ class Trainer:
     procs: Processes
     folder: str
     log: Log
-    model: nn.Module
+    model: ImplicitDecoder
     net: nn.Module                  # the model, or its DDP wrapper
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -481,8 +489,11 @@ class Trainer:
     def epoch(self, epoch: int) -> str:
         """Train, validate and checkpoint one epoch; the log line."""
         cfg, procs = self.cfg, self.procs
-        self.train_loader.dataset.epoch = epoch
-        self.train_loader.sampler.set_epoch(epoch)
+        data, sampler = self.train_loader.dataset, self.train_loader.sampler
+        if isinstance(data, SeededItems):  # (the distillation cache draws nothing per epoch)
+            data.epoch = epoch
+        assert isinstance(sampler, DistributedSampler)  # made by make_loader
+        sampler.set_epoch(epoch)
         if update_frozen(self.model, cfg, epoch, self.train_loader.dataset, self.log):
             self.net = wrap_ddp(self.model, procs)  # DDP registers the parameters that train now
         try:
@@ -566,7 +577,7 @@ def make_trainer(args: argparse.Namespace, procs: Processes, cfg: dict, folder: 
     trainer.val_loader = make_loader(cfg["val_dataset"], False, seed + 1, world, rank, workers) \
         if cfg.get("val_dataset") else None
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: {cfg['model']['name']} #params={n_params:,}; train samples {len(trainer.train_loader.dataset)}, "
+    log(f"model: {cfg['model']['name']} #params={n_params:,}; train samples {n_items(trainer.train_loader.dataset)}, "
         f"{world} process(es) on {procs.device}")
     trainer.net = wrap_ddp(model, procs)
     return trainer, epoch_start

@@ -25,6 +25,7 @@ file that cannot be decoded (at construction for ``in_memory``/``bin``, at acces
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -147,7 +148,7 @@ class ImageFolder(Dataset):
             npy = folder / (p.name + ".npy")
             if not npy.is_file() or npy.stat().st_mtime < p.stat().st_mtime:
                 arr = read_image(p)
-                write_atomic(npy, lambda f, a=arr: np.save(f, a, allow_pickle=False), "cache file")
+                write_atomic(npy, functools.partial(np.save, arr=arr, allow_pickle=False), "cache file")
             out.append(npy)
         return out
 

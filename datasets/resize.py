@@ -48,5 +48,5 @@ def resize_bicubic(img: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor
     # clamp is a no-op for [0, 1] inputs; it only keeps out-of-range values from wrapping
     u8 = img.detach().cpu().mul(255).clamp(0, 255).byte()
     pil = Image.fromarray(u8.permute(1, 2, 0).contiguous().numpy())
-    out = np.asarray(pil.resize((w, h), Image.BICUBIC), dtype=np.uint8)
+    out = np.asarray(pil.resize((w, h), Image.Resampling.BICUBIC), dtype=np.uint8)
     return torch.from_numpy(out.copy()).permute(2, 0, 1).contiguous().float().div(255)

@@ -158,7 +158,7 @@ class CMSR:
                             "or allow it explicitly (allow_other_checkpoint)")
 
     @classmethod
-    def from_spec(cls, spec: Mapping[str, Any] | "CMSR") -> "CMSR":
+    def from_spec(cls, spec: Mapping[str, Any] | str | os.PathLike | "CMSR") -> "CMSR":
         """The official ``cmsr_spec``: {'mse_threshold', 's2m_tables': {...}, 'log'?}, or a path."""
         if isinstance(spec, CMSR):
             return spec
@@ -210,7 +210,7 @@ class CMSR:
         scale = math.sqrt(q / h / w)
         decode_scales, bounds = self.table.levels(scale)
         n_levels = len(decode_scales)
-        mu = lat.complexity  # (1, 1, h, w)
+        mu = lat.need_complexity()  # (1, 1, h, w)
         mu_flat = mu.reshape(-1)
         # the official level grids: feat_coord bilinearly resized (clamped near the border)
         feat_coord = make_coord((h, w), flatten=False, device=coord.device).permute(2, 0, 1).unsqueeze(0)
@@ -246,7 +246,7 @@ class CMSR:
             ret_flat[:, idx] = pred.to(ret_flat.dtype)
             ret = ret_flat.view(1, qh, qw, -1).permute(0, 3, 1, 2)
             grid = (i, qh, qw)
-        if grid is not None and grid[0] == n_levels - 1 and decode_scales[-1] >= scale and grid[1] * grid[2] == q:
+        if ret_flat is not None and grid is not None and grid[0] == n_levels - 1 and decode_scales[-1] >= scale and grid[1] * grid[2] == q:
             out = ret_flat  # the finest level is the target grid itself
         else:
             out = Q.sample_bilinear(ret, coord)

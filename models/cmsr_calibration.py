@@ -49,7 +49,7 @@ def calibrate_row(model: "ImplicitDecoder", lr_images: list[torch.Tensor], scale
         lat = model.prepare(lr, cell)
         ref = model.decode(lat, coord, cell, bsize)[0]
         row_idx, col_idx = Q.nearest_cell(coord, h, w)
-        mu = lat.complexity.reshape(-1)[(row_idx * w + col_idx).view(-1)]
+        mu = lat.need_complexity().reshape(-1)[(row_idx * w + col_idx).view(-1)]
         bins = torch.floor(mu / step).long()
         remaining = sorted(set(bins.tolist()))
         bound = 0.0  # the bound reached so far for this image (a level passing nothing keeps it)

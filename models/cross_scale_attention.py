@@ -56,6 +56,8 @@ class CrossScaleAttention(nn.Module):
     ``conv_assembly``, ``down`` and, for scales 3/4, ``downx3``/``downx4``).
     """
 
+    escape_NaN: torch.Tensor  # buffer
+
     def __init__(self, channel: int = 64, scale: int | Sequence[int] = 2, reduction: int = 2, ksize: int = 3,
                  softmax_scale: float = 10, tile: int | None = 48, context: int = 1) -> None:
         super().__init__()

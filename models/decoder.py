@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from . import query as Q
+from .encoders.base import Encoder
 
 
 @dataclass
@@ -34,6 +35,21 @@ class Latent:
     @property
     def hw(self) -> tuple[int, int]:
         return self.inp.shape[-2], self.inp.shape[-1]
+
+    def need_rows(self) -> torch.Tensor:
+        return self._need(self.rows, "per-cell rows")
+
+    def need_mods(self) -> torch.Tensor:
+        return self._need(self.mods, "modulation tables")
+
+    def need_complexity(self) -> torch.Tensor:
+        return self._need(self.complexity, "complexity map (LMF decoders only)")
+
+    @staticmethod
+    def _need(value: torch.Tensor | None, what: str) -> torch.Tensor:
+        if value is None:  # a latent made by another decoder than the one that reads it
+            raise ValueError(f"this latent has no {what}")
+        return value
 
     def image(self, i: int) -> "Latent":
         """The latent of image ``i`` of the batch."""
@@ -52,7 +68,7 @@ class ImplicitDecoder(nn.Module):
         super().__init__()
         from .registry import make  # late import: the registry module imports nothing from here
 
-        self.encoder = make(encoder_spec)
+        self.encoder = make(encoder_spec, kind=Encoder)
 
     #: "fp32" (default) or "bf16": the encoder under bfloat16 autocast on a channels-last input,
     #: features returned in fp32 contiguous (the latent and render stages stay fp32).
@@ -99,7 +115,7 @@ class ImplicitDecoder(nn.Module):
         return self.default_bsize
 
     def forward(self, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor,
-                bsize: int | None = None, feat: torch.Tensor | None = None) -> torch.Tensor:
+                bsize: int | None = None, *, feat: torch.Tensor | None = None) -> torch.Tensor:
         """``inp`` (B, 3, h, w) normalised; ``coord``/``cell`` (B, Q, 2) -> RGB (B, Q, 3).
 
         ``feat``: the encoder's output for ``inp`` when the caller already has it (training with
@@ -171,7 +187,7 @@ def conv_linear(feat: torch.Tensor, linear: torch.nn.Linear, unfold: bool,
     k = 3 if unfold else 1
     weight = linear.weight[:, : c * k * k].reshape(-1, c, k, k)
     out = as_table(torch.nn.functional.conv2d(feat, weight, padding=k // 2))
-    bias = linear.bias
+    bias: torch.Tensor = linear.bias
     if extra is not None:
         bias = bias + extra @ linear.weight[:, c * k * k:].t()
     return out + bias

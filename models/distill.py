@@ -15,7 +15,7 @@ from a teacher model.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, Sized
 
 import torch
 import torch.nn as nn
@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from utils.checkpoint import load_checkpoint, model_spec
 from utils.errors import UserError
 
+from .decoder import ImplicitDecoder
 from .loading import load_model
 
 
@@ -87,11 +88,11 @@ class Teacher:
         for p in self.model.parameters():
             p.requires_grad_(False)
 
-    def shares_encoder(self, student: nn.Module) -> bool:
+    def shares_encoder(self, student: ImplicitDecoder) -> bool:
         """True when the teacher's encoder has exactly the student's encoder weights (then the
         student's frozen features can serve the teacher too)."""
-        mine = dict(student.encoder.state_dict()) if hasattr(student, "encoder") else {}
-        theirs = dict(self.model.encoder.state_dict()) if hasattr(self.model, "encoder") else {}
+        mine = dict(student.encoder.state_dict())
+        theirs = dict(self.model.encoder.state_dict())
         return bool(mine) and mine.keys() == theirs.keys() and all(
             mine[k].shape == theirs[k].shape and torch.equal(mine[k].to(theirs[k].device), theirs[k])
             for k in mine)
@@ -114,11 +115,13 @@ class CachedSamples(Dataset):
     ``sample_q``), as training datasets do.
     """
 
-    def __init__(self, dataset: Dataset, teacher: Teacher, student: nn.Module, device: torch.device,
+    def __init__(self, dataset: Dataset, teacher: Teacher, student: ImplicitDecoder, device: torch.device,
                  norm: Mapping[str, Sequence[float]], cache_features: bool, batch_size: int = 16,
                  progress: Any = None) -> None:
         from .inference import normalise
 
+        if not isinstance(dataset, Sized):
+            raise TypeError("CachedSamples needs a dataset with a length")
         items: dict[str, list[torch.Tensor]] = {}
         share = cache_features and teacher.shares_encoder(student)
         self.cache_features = cache_features

@@ -211,8 +211,13 @@ class _Library:
 
     def __init__(self, lib: ctypes.CDLL, source: str) -> None:
         self._lib = lib  # keeps the shared object loaded
-        for name, params in signatures(source).items():
-            setattr(self, name, Kernel(lib, name, params))
+        self._kernels = {name: Kernel(lib, name, params) for name, params in signatures(source).items()}
+
+    def __getattr__(self, name: str) -> "Kernel":
+        try:
+            return self.__dict__["_kernels"][name]
+        except KeyError:
+            raise AttributeError(f"the render kernel has no entry point {name!r}") from None
 
 
 def _bind(lib: ctypes.CDLL) -> _Library:

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-import torch.nn as nn
 
 from utils.coords import axis_coords, make_cell, make_coord
 
 from . import cmsr as multiscale
 from .cmsr import CMSR
+from .decoder import ImplicitDecoder
 
 
 def _stat(values: Sequence[float], x: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,7 @@ def clip_cell(cell: torch.Tensor, scale_hw: Sequence[float], scale_max: float = 
 
 
 @torch.no_grad()
-def predict(model: nn.Module, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor,
+def predict(model: ImplicitDecoder, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor,
             scale_hw: Sequence[float] | None = None, scale_max: float = multiscale.TRAINING_SCALE, bsize: int | None = None,
             cmsr: CMSR | bool | None = None, stats: dict | None = None,
             inp_norm: tuple = ((0.5,), (0.5,)), gt_norm: tuple = ((0.5,), (0.5,))) -> torch.Tensor:
@@ -51,7 +51,7 @@ def predict(model: nn.Module, inp: torch.Tensor, coord: torch.Tensor, cell: torc
     return denormalise(pred, *gt_norm).clamp_(0, 1)
 
 
-def upsample(model: nn.Module, img: torch.Tensor, size: tuple[int, int], scale_max: float = multiscale.TRAINING_SCALE,
+def upsample(model: ImplicitDecoder, img: torch.Tensor, size: tuple[int, int], scale_max: float = multiscale.TRAINING_SCALE,
              bsize: int | None = None, cmsr: CMSR | bool | None = None, stats: dict | None = None,
              progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Upscale ``img`` (B, 3, h, w) in [0, 1] to ``size`` = (H, W) -> (B, 3, H, W) in [0, 1].
@@ -122,6 +122,7 @@ def output_size(h: int, w: int, scale: float | Sequence[float] | None = None,
     if size is not None:
         H, W = (int(v) for v in size)
     else:
+        assert scale is not None
         sy, sx = (scale, scale) if isinstance(scale, (int, float)) else tuple(scale)
         H, W = round(h * float(sy)), round(w * float(sx))
     if H < 1 or W < 1:
@@ -129,7 +130,7 @@ def output_size(h: int, w: int, scale: float | Sequence[float] | None = None,
     return H, W
 
 
-def upscale_image(model: nn.Module, image, scale: float | Sequence[float] | None = None,
+def upscale_image(model: ImplicitDecoder, image, scale: float | Sequence[float] | None = None,
                   size: Sequence[int] | None = None, *, bsize: int | None = None,
                   cmsr: CMSR | bool | None = None, stats: dict | None = None,
                   progress: Callable[[int], None] | None = None) -> torch.Tensor:

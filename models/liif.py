@@ -7,6 +7,7 @@ import torch
 
 from . import query as Q
 from .decoder import ImplicitDecoder, Latent, as_table, unfold3x3
+from .mlp import MLP
 from .registry import make, register
 
 
@@ -23,7 +24,7 @@ class LIIF(ImplicitDecoder):
             raise ValueError("liif: imnet_spec is required")
         self.local_ensemble, self.feat_unfold, self.cell_decode = local_ensemble, feat_unfold, cell_decode
         in_dim = self.encoder.out_dim * (9 if feat_unfold else 1) + 2 + (2 if cell_decode else 0)
-        self.imnet = make(imnet_spec, args={"in_dim": in_dim})
+        self.imnet = make(imnet_spec, args={"in_dim": in_dim}, kind=MLP)
 
     def latent(self, feat: torch.Tensor, inp: torch.Tensor, cell: torch.Tensor) -> Latent:
         return Latent(inp=inp, rows=as_table(unfold3x3(feat) if self.feat_unfold else feat))
@@ -31,7 +32,7 @@ class LIIF(ImplicitDecoder):
     def render(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         h, w = lat.hw
         lk = Q.locate(coord, h, w, self.local_ensemble)
-        parts = [Q.gather(lat.rows, lk.index), lk.rel_coord]
+        parts = [Q.gather(lat.need_rows(), lk.index), lk.rel_coord]
         if self.cell_decode:
             parts.append(Q.rel_cell(cell, h, w).unsqueeze(1).expand_as(lk.rel_coord))
         pred = self.imnet(torch.cat(parts, dim=-1))

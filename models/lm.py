@@ -26,6 +26,9 @@ class LMDecoder(ImplicitDecoder):
 
     default_bsize = 8192
     fused_input_width = 0
+    # per-cell work runs on bands of LR rows of about this many cells when the decoder uses
+    # :meth:`banded_latent` (None: one band, as in the exported latent graph)
+    latent_band_cells: int | None = None
 
     @property
     def render_mlp(self) -> ModulatedMLP:
@@ -65,7 +68,7 @@ class LMDecoder(ImplicitDecoder):
         return mods, complexity
 
     def forward(self, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor, bsize: int | None = None,
-                cmsr: CMSR | bool | None = None, stats: dict | None = None,
+                cmsr: CMSR | bool | None = None, stats: dict | None = None, *,
                 feat: torch.Tensor | None = None) -> torch.Tensor:
         """As :meth:`ImplicitDecoder.forward`, through :func:`models.cmsr.render`: ``cmsr`` None
         uses the model's own table (``cmsr_spec``), False none, or a :class:`CMSR`; ``stats``

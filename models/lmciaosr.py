@@ -32,7 +32,7 @@ from utils.coords import make_coord
 from .cross_scale_attention import CrossScaleAttention
 from .decoder import Latent, as_table, latent_cell, unfold3x3
 from .lm import LMDecoder
-from .mlp import ModulatedMLP, lm_dims
+from .mlp import MLP, ModulatedMLP, lm_dims
 from .registry import make, register
 
 # Ensemble neighbours (row shift, col shift), in the reference's order.
@@ -50,9 +50,9 @@ class LMCiaoSR(LMDecoder):
                  multi_scale: Sequence[int] = (2,), softmax_scale: float = 1, mod_input: bool = False,
                  cmsr_spec: Mapping[str, Any] | None = None) -> None:
         super().__init__(encoder, cmsr_spec)
-        missing = [n for n, s in (("prenet_q", prenet_q), ("hypernet_q", hypernet_q), ("imnet_q", imnet_q),
-                                  ("imnet_k", imnet_k), ("imnet_v", imnet_v)) if s is None]
-        if missing:
+        if prenet_q is None or hypernet_q is None or imnet_q is None or imnet_k is None or imnet_v is None:
+            missing = [n for n, s in (("prenet_q", prenet_q), ("hypernet_q", hypernet_q), ("imnet_q", imnet_q),
+                                      ("imnet_k", imnet_k), ("imnet_v", imnet_v)) if s is None]
             raise ValueError(f"lmciaosr: {', '.join(missing)} required")
         if local_size not in _NEIGHBOURS:
             raise ValueError(f"lmciaosr: local_size must be 1 or 2, got {local_size}")
@@ -67,14 +67,14 @@ class LMCiaoSR(LMDecoder):
         nl_dim = self.cs_attn.out_dim if non_local_attn else 0
         self.key_dim = 4 * c                 # a (2, 2, C) slice of the unfolded feature
         self.value_dim = self.key_dim + nl_dim
-        self.imnet_k = make(imnet_k, args={"in_dim": self.key_dim + 4, "out_dim": self.key_dim})
-        self.imnet_v = make(imnet_v, args={"in_dim": self.value_dim + 4, "out_dim": self.value_dim})
+        self.imnet_k = make(imnet_k, args={"in_dim": self.key_dim + 4, "out_dim": self.key_dim}, kind=MLP)
+        self.imnet_v = make(imnet_v, args={"in_dim": self.value_dim + 4, "out_dim": self.value_dim}, kind=MLP)
         hd, _, self.mod_dim = lm_dims(imnet_q)
         self.hypernet_q = make(hypernet_q, args={"in_dim": self.value_dim,
-                                                 "out_dim": self.mod_dim + (2 * hd if mod_input else 0)})
-        self.prenet_q = make(prenet_q, args={"in_dim": 9 * c, "out_dim": self.key_dim})
+                                                 "out_dim": self.mod_dim + (2 * hd if mod_input else 0)}, kind=MLP)
+        self.prenet_q = make(prenet_q, args={"in_dim": 9 * c, "out_dim": self.key_dim}, kind=MLP)
         self.code_dim = 2 * hd if mod_input else self.value_dim  # per-cell part of the render input
-        self.imnet_q = make(imnet_q, args={"in_dim": self.code_dim + 2, "mod_up_merge": False})
+        self.imnet_q = make(imnet_q, args={"in_dim": self.code_dim + 2, "mod_up_merge": False}, kind=ModulatedMLP)
 
     @property
     def render_mlp(self) -> ModulatedMLP:
@@ -143,5 +143,5 @@ class LMCiaoSR(LMDecoder):
     # -- per query ------------------------------------------------------------------------
     def render(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         h, w = lat.hw
-        return self.imnet_q.render_at(coord, lat.mods, (h, w), self.local_size == 2,
+        return self.imnet_q.render_at(coord, lat.need_mods(), (h, w), self.local_size == 2,
                                       layer0_weight=self.imnet_q.hidden(0).weight[:, self.code_dim:])

@@ -17,7 +17,7 @@ import torch
 
 from .decoder import Latent, as_table, conv_linear, latent_cell
 from .lm import LMDecoder
-from .mlp import ModulatedMLP, lm_dims
+from .mlp import MLP, ModulatedMLP, lm_dims
 from .registry import make, register
 
 
@@ -36,18 +36,16 @@ class LMLIIF(LMDecoder):
         c = self.encoder.out_dim
         hyper_in = c * (9 if feat_unfold else 1) + (2 if cell_decode else 0)
         hyper_out = self.mod_dim + (hd if mod_input else 0)
-        self.hypernet = make(hypernet_spec, args={"in_dim": hyper_in, "out_dim": hyper_out})
+        self.hypernet = make(hypernet_spec, args={"in_dim": hyper_in, "out_dim": hyper_out}, kind=MLP)
         self.code_dim = hd if mod_input else c  # per-cell part of the render input
         imnet_in = self.code_dim + 2 + (2 if cell_decode else 0)
-        self.imnet = make(imnet_spec, args={"in_dim": imnet_in, "mod_up_merge": False})
+        self.imnet = make(imnet_spec, args={"in_dim": imnet_in, "mod_up_merge": False}, kind=ModulatedMLP)
 
     @property
     def render_mlp(self) -> ModulatedMLP:
         return self.imnet
 
-    # per-cell work runs on bands of LR rows of about this many cells (None: one band, as in the
-    # exported latent graph, whose runner does the banding itself)
-    latent_band_cells: int | None = 1 << 16
+    latent_band_cells = 1 << 16
 
     def latent(self, feat: torch.Tensor, inp: torch.Tensor, cell: torch.Tensor) -> Latent:
         b, _, h, w = feat.shape
@@ -59,7 +57,7 @@ class LMLIIF(LMDecoder):
 
         def cells(r0: int, r1: int) -> tuple[torch.Tensor, torch.Tensor]:
             a0, a1 = max(0, r0 - halo), min(h, r1 + halo)
-            x = conv_linear(feat[:, :, a0:a1], self.hypernet.layers[0], self.feat_unfold, extra)
+            x = conv_linear(feat[:, :, a0:a1], self.hypernet.linear(0), self.feat_unfold, extra)
             mod = self.hypernet.layers[1:](x).view(b, a1 - a0, w, -1)[:, r0 - a0: r1 - a0].reshape(b, (r1 - r0) * w, -1)
             code = mod[..., self.mod_dim:] if self.mod_input else as_table(feat[:, :, r0:r1])
             layer0_bias = code @ w0.weight[:, : self.code_dim].t() + w0.bias
@@ -72,6 +70,6 @@ class LMLIIF(LMDecoder):
 
     def render(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         h, w = lat.hw
-        return self.imnet.render_at(coord, lat.mods, (h, w), self.local_ensemble,
+        return self.imnet.render_at(coord, lat.need_mods(), (h, w), self.local_ensemble,
                                     cell if self.cell_decode else None,
                                     layer0_weight=self.imnet.hidden(0).weight[:, self.code_dim:])

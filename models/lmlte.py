@@ -15,7 +15,7 @@ from . import query as Q
 from .decoder import Latent, as_table, latent_cell
 from .lm import LMDecoder
 from .lte import fourier_basis
-from .mlp import ModulatedMLP, lm_dims
+from .mlp import MLP, ModulatedMLP, lm_dims
 from .registry import make, register
 
 
@@ -38,10 +38,10 @@ class LMLTE(LMDecoder):
         hd, _, self.mod_dim = lm_dims(imnet_spec)
         self.code_dim = hd if mod_input else hidden_dim
         hyper_out = self.mod_dim + (2 * hd if mod_input else 0)
-        self.hypernet = make(hypernet_spec, args={"in_dim": hidden_dim, "out_dim": hyper_out})
+        self.hypernet = make(hypernet_spec, args={"in_dim": hidden_dim, "out_dim": hyper_out}, kind=MLP)
         if mod_input:
             self.imphase = nn.Linear(2, hd // 2, bias=False)
-        self.imnet = make(imnet_spec, args={"in_dim": self.code_dim, "mod_up_merge": False})
+        self.imnet = make(imnet_spec, args={"in_dim": self.code_dim, "mod_up_merge": False}, kind=ModulatedMLP)
         self.hidden_dim = hidden_dim
         self.fused_input_width = self.code_dim  # the kernel computes the Fourier input itself
 
@@ -70,21 +70,21 @@ class LMLTE(LMDecoder):
 
     def render(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         h, w = lat.hw
-        kernel = self.imnet.kernel(lat.mods, coord, cell, in_width=self.fused_input_width)
+        kernel = self.imnet.kernel(lat.need_mods(), coord, cell, in_width=self.fused_input_width)
         if kernel is not None:
             if self.cell_decode:
                 phase_fn = self.imphase if self.mod_input else self.phase
                 phase = phase_fn(Q.rel_cell(cell, h, w))
             else:
                 phase = coord.new_zeros(coord.shape[0], 1, self.code_dim // 2)
-            last = self.imnet.layers[-1]
+            last = self.imnet.hidden(-1)
             return kernel.lte16(coord, phase, lat.rows, lat.mods, h, w, self.local_ensemble,
                                 self.imnet.hidden(0).weight,
                                 [self.imnet.hidden(l).weight for l in range(1, self.imnet.hidden_depth)],
                                 last.weight, last.bias)
         lk = Q.locate(coord, h, w, self.local_ensemble)
         b, k, q = lk.index.shape
-        rows = Q.gather(lat.rows, lk.index)
+        rows = Q.gather(lat.need_rows(), lk.index)
         coef, freq = rows.split(self.code_dim, dim=-1)
         if self.cell_decode:
             phase_fn = self.imphase if self.mod_input else self.phase
@@ -92,4 +92,4 @@ class LMLTE(LMDecoder):
         else:
             phase = rows.new_zeros(1, 1, 1, self.code_dim // 2)
         x = coef * fourier_basis(freq, lk.rel_coord, phase)
-        return self.imnet.render_blend(x, lat.mods, lk)
+        return self.imnet.render_blend(x, lat.need_mods(), lk)

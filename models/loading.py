@@ -5,16 +5,16 @@ import os
 from typing import Any, Mapping
 
 import torch
-import torch.nn as nn
 
 from utils.checkpoint import load_checkpoint, model_spec
 from utils.errors import CheckpointError, SpecError
 
+from .decoder import ImplicitDecoder
 from .registry import make
 
 
 def load_model(source: str | os.PathLike | Mapping[str, Any], device: torch.device | str = "cpu",
-               cmsr_spec: Mapping[str, Any] | str | None = None, eval_mode: bool = True) -> nn.Module:
+               cmsr_spec: Mapping[str, Any] | str | None = None, eval_mode: bool = True) -> ImplicitDecoder:
     """Load ``source`` (a path or a loaded checkpoint dict) onto ``device``.
 
     ``cmsr_spec`` (official dict or a table path) switches CMSR on for LMF models.
@@ -25,7 +25,7 @@ def load_model(source: str | os.PathLike | Mapping[str, Any], device: torch.devi
     if cmsr_spec is not None:
         spec["args"]["cmsr_spec"] = cmsr_spec
     try:
-        model = make(spec, load_sd=True)
+        model = make(spec, load_sd=True, kind=ImplicitDecoder)
     except (SpecError, CheckpointError) as e:  # unknown name/argument, state dict that does not fit
         raise CheckpointError(f"{path}: {e}") from None
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:  # args of the wrong type

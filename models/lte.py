@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from . import query as Q
 from .decoder import ImplicitDecoder, Latent, as_table
+from .mlp import MLP
 from .registry import make, register
 
 
@@ -38,7 +39,7 @@ class LTE(ImplicitDecoder):
         self.coef = nn.Conv2d(c, hidden_dim, 3, padding=1)
         self.freq = nn.Conv2d(c, hidden_dim, 3, padding=1)
         self.phase = nn.Linear(2, hidden_dim // 2, bias=False)
-        self.imnet = make(imnet_spec, args={"in_dim": hidden_dim})
+        self.imnet = make(imnet_spec, args={"in_dim": hidden_dim}, kind=MLP)
         self.hidden_dim = hidden_dim
 
     def latent(self, feat: torch.Tensor, inp: torch.Tensor, cell: torch.Tensor) -> Latent:
@@ -47,7 +48,7 @@ class LTE(ImplicitDecoder):
     def render(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         h, w = lat.hw
         lk = Q.locate(coord, h, w)
-        rows = Q.gather(lat.rows, lk.index)
+        rows = Q.gather(lat.need_rows(), lk.index)
         coef, freq = rows.split(self.hidden_dim, dim=-1)
         phase = self.phase(Q.rel_cell(cell, h, w)).unsqueeze(1)
         pred = self.imnet(coef * fourier_basis(freq, lk.rel_coord, phase))

@@ -33,6 +33,16 @@ class MLP(nn.Module):
         shape = x.shape[:-1]
         return self.layers(x.reshape(-1, x.shape[-1])).view(*shape, -1)
 
+    def linear(self, i: int) -> nn.Linear:
+        """The i-th linear layer (``layers[2 i]``; -1: the output layer)."""
+        return _linear(self.layers, i)
+
+
+def _linear(layers: nn.Sequential, i: int) -> nn.Linear:
+    layer = layers[2 * i if i >= 0 else i]
+    assert isinstance(layer, nn.Linear)
+    return layer
+
 
 def lm_dims(spec: Mapping[str, Any]) -> tuple[int, int, int]:
     """(hidden_dim, hidden_depth, mod_dim) of an ``lmmlp`` spec, as the official wrappers derive."""
@@ -81,7 +91,8 @@ class ModulatedMLP(nn.Module):
         return self.hidden_dim * self.hidden_depth * (int(self.mod_scale) + int(self.mod_shift))
 
     def hidden(self, l: int) -> nn.Linear:
-        return self.layers[2 * l]
+        """Render layer l's linear map (``layers[2 l]``; -1: the output layer)."""
+        return _linear(self.layers, l)
 
     def shift_slice(self) -> slice:
         """Channels of a modulation vector that hold the shifts (CMSR's complexity measure)."""
@@ -120,7 +131,7 @@ class ModulatedMLP(nn.Module):
         hd = self.hidden_dim
         w0 = self.hidden(0).weight if layer0_weight is None else layer0_weight
         if fast_render.use_kernel(hd, mods, x):
-            last = self.layers[-1]
+            last = self.hidden(-1)
             return fast_render.render16(x, mods, index, w0, [self.hidden(l).weight for l in range(1, self.hidden_depth)],
                                         last.weight, last.bias)
         rows = None
@@ -188,7 +199,7 @@ class ModulatedMLP(nn.Module):
         w0 = self.hidden(0).weight if layer0_weight is None else layer0_weight
         kernel = self.kernel(mods, coord, cell)
         if kernel is not None:
-            last = self.layers[-1]
+            last = self.hidden(-1)
             return kernel.query16(coord, cell, mods, h, w, local_ensemble, w0,
                                   [self.hidden(l).weight for l in range(1, self.hidden_depth)],
                                   last.weight, last.bias)

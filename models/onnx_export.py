@@ -26,7 +26,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.nn as nn
@@ -36,6 +36,7 @@ from utils.errors import UserError
 from . import fast_render
 from .cmsr import TRAINING_SCALE
 from .decoder import ImplicitDecoder, Latent
+from .lm import LMDecoder
 
 FORMAT = "lmf-onnx"
 FORMAT_VERSION = 1
@@ -95,6 +96,25 @@ class _RenderStage(nn.Module):
                 *tables: torch.Tensor) -> torch.Tensor:
         named = dict(zip(self.fields, tables, strict=True))
         return self.model.query(Latent(inp=image, rows=named.get("rows"), mods=named.get("mods")), coord, cell)
+
+
+@contextlib.contextmanager
+def _one_latent_band(model: ImplicitDecoder) -> Iterator[None]:
+    """One band per latent call in the graph (the runner does the banding): an LMF decoder's own
+    loop over bands would otherwise be traced at the example size."""
+    if not isinstance(model, LMDecoder):
+        yield
+        return
+    own = "latent_band_cells" in vars(model)
+    saved = model.latent_band_cells
+    model.latent_band_cells = None
+    try:
+        yield
+    finally:
+        if own:
+            model.latent_band_cells = saved
+        else:
+            del model.latent_band_cells
 
 
 def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
@@ -164,22 +184,11 @@ def export(model: ImplicitDecoder, folder: str | os.PathLike, opset: int = DEFAU
         has_complexity = lat.complexity is not None
         tables = [getattr(lat, f) for f in fields]
 
-    # one band per latent call in the graph (the runner does the banding): LM-LIIF's own loop
-    # over bands would otherwise be traced at the example size
-    band_cells = model.__dict__.get("latent_band_cells")
-    if hasattr(model, "latent_band_cells"):
-        model.latent_band_cells = None
-    try:
+    with _one_latent_band(model):
         _export_graphs(model, folder, image, feat[:, :, :hb], cell, coord, qcell, fields, tables, has_complexity,
                        opset, verbose)
-    finally:
-        if hasattr(model, "latent_band_cells"):
-            if band_cells is None:
-                del model.latent_band_cells
-            else:
-                model.latent_band_cells = band_cells
 
-    if cmsr_table is None and getattr(model, "cmsr", None) is not None:
+    if cmsr_table is None and isinstance(model, LMDecoder) and model.cmsr is not None:
         cmsr_table = model.cmsr.table.to_dict()
     meta = {
         "format": FORMAT,

@@ -183,4 +183,5 @@ def stream(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], coord: torc
         if out is None:
             out = part.new_empty(b, q, part.shape[-1])
         out[:, start:start + size] = part
+    assert out is not None  # q > 0 here: at least one chunk ran
     return out

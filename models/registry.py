@@ -5,7 +5,7 @@ checkpoints build unchanged.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar, overload
 
 import torch.nn as nn
 
@@ -18,9 +18,23 @@ names = MODELS.names
 name_of = MODELS.name_of
 
 
-def make(spec: Mapping[str, Any], args: Mapping[str, Any] | None = None, load_sd: bool = False) -> nn.Module:
-    """Build the model a spec names; with ``load_sd`` load the spec's ``'sd'`` strictly."""
+M = TypeVar("M", bound=nn.Module)
+
+
+@overload
+def make(spec: Mapping[str, Any], args: Mapping[str, Any] | None = None, load_sd: bool = False) -> nn.Module: ...
+@overload
+def make(spec: Mapping[str, Any], args: Mapping[str, Any] | None = None, load_sd: bool = False, *,
+         kind: type[M]) -> M: ...
+def make(spec: Mapping[str, Any], args: Mapping[str, Any] | None = None, load_sd: bool = False, *,
+         kind: type[nn.Module] = nn.Module) -> nn.Module:
+    """Build the model a spec names; with ``load_sd`` load the spec's ``'sd'`` strictly.
+    ``kind``: the class the part must be (an encoder, a render MLP), else a SpecError; it is
+    also the type the caller gets."""
     model = MODELS.make(spec, args)
+    if not isinstance(model, kind):
+        raise SpecError(f"model {spec['name']!r} ({type(model).__name__}) cannot be used here "
+                        f"(expected: {kind.__name__})")
     if load_sd:
         if "sd" not in spec:
             raise SpecError(f"model {spec['name']!r}: load_sd=True but the spec has no 'sd'")

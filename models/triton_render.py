@@ -131,7 +131,9 @@ def _launch(coord: torch.Tensor, tables: torch.Tensor, h: int, w: int, local_ens
     out = coord.new_empty(b, q, w_out.shape[0])
     tables = tables.detach()
     lte = code is not None
-    if lte:
+    if code is not None:
+        if phase is None:
+            raise ValueError("Triton LTE render: the phase is required with the LTE code")
         m2 = code.shape[-1] // 2
         if m2 > LTE_MAX_INPUT or m2 % 2:
             raise ValueError(f"Triton LTE render: input width {m2} not supported")

@@ -13,7 +13,7 @@ import models
 from models import query as Q
 from models.cmsr import CMSR, Scale2Mod
 from utils.coords import axis_coords, make_cell, make_coord
-from utils.errors import SpecError
+from utils.errors import CheckpointError, SpecError
 
 ENC = {"name": "edsr-baseline", "args": {"no_upsampling": True}}
 TINY = {"name": "edsr-baseline", "args": {"no_upsampling": True, "n_resblocks": 1, "n_feats": 8}}
@@ -70,6 +70,17 @@ def test_unknown_name_and_argument_are_named():
         models.make(bad)
     with pytest.raises(SpecError, match="missing required argument"):
         models.make({"name": "liif", "args": {}})
+
+
+def test_parts_of_the_wrong_kind_are_named():
+    # a spec may name any registered model; a decoder checks that each part is what it needs
+    enc_as_mlp = spec("lmliif")
+    enc_as_mlp["args"]["encoder_spec"] = {"name": "mlp", "args": {"in_dim": 3, "out_dim": 8, "hidden_list": []}}
+    with pytest.raises(SpecError, match=r"model 'mlp' \(MLP\) cannot be used here \(expected: Encoder\)"):
+        models.make(enc_as_mlp)
+    with pytest.raises(CheckpointError, match=r"model 'edsr-baseline' \(EDSRBaseline\) cannot be used here "
+                       r"\(expected: ImplicitDecoder\)"):
+        models.load_model({"model": {"name": "edsr-baseline", "args": {"no_upsampling": True}, "sd": {}}})
 
 
 def test_loader_drops_legacy_mixed_le_argument():

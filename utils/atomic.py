@@ -21,7 +21,7 @@ def temp_sibling(path: Path) -> Path:
     return path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None], what: str = "") -> None:
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object], what: str = "") -> None:
     """Call ``write(f)`` on a temporary sibling of ``path`` and rename it into place.
 
     An ``OSError`` (full disk, missing permission, ...) becomes a one-line :class:`UserError`

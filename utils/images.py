@@ -185,6 +185,7 @@ def fill_transparent(rgb, alpha):
             up = filled.repeat(2, axis=1).repeat(2, axis=2)[:, :c.shape[1], :c.shape[2]]
             mean = np.where(w > 0, mean, up)
         filled = mean
+    assert filled is not None  # levels holds at least the full-size level
     return np.where(hidden[None], filled, rgb).astype(rgb.dtype, copy=False)
 
 
@@ -195,7 +196,7 @@ def compose_output(rgb: np.ndarray, alpha: np.ndarray | None, gray: bool) -> np.
     filter and appended ((C+1, H, W): LA or RGBA)."""
     out = rgb.mean(0, keepdims=True, dtype=np.float32) if gray else rgb
     if alpha is not None:
-        a = Image.fromarray(alpha).resize((rgb.shape[2], rgb.shape[1]), Image.BICUBIC)
+        a = Image.fromarray(alpha).resize((rgb.shape[2], rgb.shape[1]), Image.Resampling.BICUBIC)
         out = np.concatenate([out, (np.asarray(a, dtype=np.float32) / np.float32(255))[None]], axis=0)
     return out
 

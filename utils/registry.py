@@ -52,14 +52,14 @@ class Registry:
         return self._classes[name]
 
     def accepted_args(self, name: str) -> list[str]:
-        params = inspect.signature(self.lookup(name).__init__).parameters
+        params = inspect.signature(self.lookup(name)).parameters  # the constructor's, without self
         return [p for p in params if p != "self" and params[p].kind not in
                 (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
 
     def check_args(self, name: str, args: Mapping[str, Any], allow_missing: bool = False) -> None:
         """Raise SpecError for an argument the constructor does not take, or (unless
         ``allow_missing``: nested specs whose parent supplies some args) a missing required one."""
-        params = inspect.signature(self.lookup(name).__init__).parameters
+        params = inspect.signature(self.lookup(name)).parameters
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             return
         allowed = self.accepted_args(name)

@@ -16,6 +16,7 @@ import torch.nn as nn
 from utils.errors import SpecError
 
 from ..registry import register
+from .base import Encoder
 
 __all__ = ["EDSR", "EDSRBaseline", "MeanShift", "ResBlock", "Upsampler"]
 
@@ -40,6 +41,7 @@ class MeanShift(nn.Conv2d):
         std = torch.tensor(rgb_std, dtype=torch.float32)
         with torch.no_grad():
             self.weight.copy_(torch.eye(3).view(3, 3, 1, 1) / std.view(3, 1, 1, 1))
+            assert self.bias is not None  # created with bias=True
             self.bias.copy_(sign * rgb_range * torch.tensor(rgb_mean, dtype=torch.float32) / std)
         for p in self.parameters():
             p.requires_grad = False
@@ -77,7 +79,7 @@ class Upsampler(nn.Sequential):
 
 
 @register("edsr")
-class EDSR(nn.Module):
+class EDSR(Encoder):
     """EDSR feature extractor; with ``no_upsampling`` it returns (B, n_feats, h, w) LR features."""
 
     def __init__(self, n_resblocks: int = 32, n_feats: int = 256, res_scale: float = 0.1,

@@ -11,6 +11,7 @@ import torch.nn as nn
 from utils.errors import SpecError
 
 from ..registry import register
+from .base import Encoder
 
 __all__ = ["RDN", "RDB", "RDBConv"]
 
@@ -49,7 +50,7 @@ class RDB(nn.Module):
 
 
 @register("rdn")
-class RDN(nn.Module):
+class RDN(Encoder):
     """RDN feature extractor; with ``no_upsampling`` it returns (B, G0, h, w) LR features."""
 
     def __init__(self, G0: int = 64, RDNkSize: int = 3, RDNconfig: str = "B", scale: int = 2,  # noqa: N803

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from utils.errors import SpecError
 
 from ..registry import register
+from .base import Encoder
 
 __all__ = ["SwinIR", "DropPath", "window_partition", "window_reverse", "shifted_window_mask",
            "pad_to_multiple"]
@@ -134,6 +135,8 @@ class Mlp(nn.Module):
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside ws x ws windows with a learned relative position bias."""
 
+    relative_position_index: torch.Tensor  # buffer
+
     def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True,
                  qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
         super().__init__()
@@ -194,7 +197,7 @@ class SwinTransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
         # Kept only so official checkpoints (which contain it) load strictly; forward never reads it.
-        mask = (shifted_window_mask(*self.input_resolution, self.window_size, self.shift_size)
+        mask = (shifted_window_mask(self.input_resolution[0], self.input_resolution[1], self.window_size, self.shift_size)
                 if self.shift_size > 0 else None)
         self.register_buffer("attn_mask", mask)
 
@@ -307,7 +310,7 @@ def _as_pair(v: int | Sequence[int]) -> tuple[int, int]:
 
 
 @register("swinir")
-class SwinIR(nn.Module):
+class SwinIR(Encoder):
     """SwinIR body without upsampling: (B, in_chans, h, w) -> (B, 64, h, w) features (out_dim 64).
 
     The defaults are the classical-SR configuration that the official LTE/LMF factory always

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from helpers import tiny_lmliif, smooth_images
+from helpers import smooth_images, tiny_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -28,26 +28,8 @@ EPOCHS = 6
 
 def _config(tmp: Path) -> Path:
     data = smooth_images(tmp / "data")
-    cfg = {
-        "train_dataset": {
-            "dataset": {"name": "image-folder", "args": {"root_path": str(data), "repeat": 30, "cache": "in_memory"}},
-            "wrapper": {"name": "sr-implicit-downsampled",
-                        "args": {"inp_size": 8, "scale_max": 3, "augment": True, "sample_q": 50}},
-            "batch_size": 4},
-        "val_dataset": {
-            "dataset": {"name": "image-folder", "args": {"root_path": str(data), "first_k": 2}},
-            "wrapper": {"name": "sr-implicit-downsampled", "args": {"scale_min": 2}},
-            "batch_size": 1},
-        "eval_type": "benchmark-2",
-        "model": tiny_lmliif(),
-        "optimizer": {"name": "adam", "args": {"lr": 1e-3}},
-        "epoch_max": EPOCHS,
-        "multi_step_lr": {"milestones": [3], "gamma": 0.5},
-        "epoch_val": 1,
-        "epoch_save": 2,
-        "num_workers": 0,
-        "seed": 5,
-    }
+    cfg = tiny_train_config(data, EPOCHS, repeat=30, milestones=(3,), seed=5, epoch_save=2)
+    cfg["train_dataset"]["dataset"]["args"]["cache"] = "in_memory"
     path = tmp / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

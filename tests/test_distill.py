@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +10,7 @@ import torch
 import yaml
 
 import models
-from helpers import tiny_lmliif
+from helpers import kill_when_logged, tiny_lmliif
 from test_train import ENV, ROOT, _config, _train, _weights
 
 
@@ -81,13 +78,7 @@ def test_kill_and_resume_with_a_cached_teacher_is_exact(tmp_path):
     full = _train("--config", str(cfg), "--name", "full", "--save-root", save)
     assert full.returncode == 0, full.stderr
     cmd = [sys.executable, "train.py", "--config", str(cfg), "--name", "cut", "--save-root", save]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = tmp_path / "save" / "cut" / "log.txt"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (log.exists() and "epoch 2/5" in log.read_text()):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when_logged(cmd, tmp_path / "save" / "cut" / "log.txt", "epoch 2/5", ENV, ROOT)
     res = _train("--config", str(cfg), "--name", "cut", "--save-root", save, "--resume")
     assert res.returncode == 0, res.stderr
     a, b = _weights(tmp_path / "save" / "full" / "epoch-last.pth"), _weights(tmp_path / "save" / "cut" / "epoch-last.pth")

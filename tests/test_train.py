@@ -6,10 +6,8 @@ is about gloo and stays on the CPU.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ import torch
 import yaml
 
 from conftest import DEVICE
-from helpers import tiny_lmliif, smooth_images
+from helpers import kill_when_logged, smooth_images, tiny_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -25,26 +23,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 def _config(tmp: Path, epochs: int = 4, batch: int = 4, **over) -> Path:
     data = smooth_images(tmp / "data")
-    cfg = {
-        "train_dataset": {
-            "dataset": {"name": "image-folder", "args": {"root_path": str(data), "repeat": 2}},
-            "wrapper": {"name": "sr-implicit-downsampled",
-                        "args": {"inp_size": 8, "scale_max": 3, "augment": True, "sample_q": 50}},
-            "batch_size": batch},
-        "val_dataset": {
-            "dataset": {"name": "image-folder", "args": {"root_path": str(data), "first_k": 2}},
-            "wrapper": {"name": "sr-implicit-downsampled", "args": {"scale_min": 2}},
-            "batch_size": 1},
-        "eval_type": "benchmark-2",
-        "model": tiny_lmliif(),
-        "optimizer": {"name": "adam", "args": {"lr": 1e-3}},
-        "epoch_max": epochs,
-        "multi_step_lr": {"milestones": [2], "gamma": 0.5},
-        "epoch_val": 1,
-        "num_workers": 0,
-        "seed": 3,
-    }
-    cfg.update(over)
+    cfg = tiny_train_config(data, epochs, batch=batch, **over)
     path = tmp / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -73,13 +52,7 @@ def test_kill_and_resume_gives_the_same_weights(tmp_path):
     # the same run, killed with SIGKILL once it has saved epoch 2, then resumed
     cmd = [sys.executable, "train.py", "--config", str(cfg), "--name", "cut", "--save-root", str(tmp_path / "save"),
            "--device", str(DEVICE)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    log = tmp_path / "save" / "cut" / "log.txt"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (log.exists() and "epoch 2/5" in log.read_text()):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when_logged(cmd, tmp_path / "save" / "cut" / "log.txt", "epoch 2/5", ENV, ROOT)
     last = tmp_path / "save" / "cut" / "epoch-last.pth"
     saved_epoch = torch.load(last, weights_only=True)["epoch"]
     assert 2 <= saved_epoch <= 5

@@ -149,37 +149,49 @@ static inline int64_t axis_cell(float x, const float *t, int64_t n)
     return j;
 }
 
-/* Look-up of one query: the K = V*V neighbour cells (index), relative coordinates (rel) and
- * ensemble weights, exactly as query.locate computes them. */
-static inline void locate1(const float *c, int64_t V, int64_t h, int64_t w, const float *th_r,
-                           const float *th_c, const float *cen_r, const float *cen_c,
-                           const float *shift_r, const float *shift_c, float clamp,
-                           int64_t index[4], float rel[4][2], float weight[4])
+/* The look-up geometry of one image: V shifts per axis (2 with the local ensemble, else 1), the
+ * h x w grid, thresholds th_r/th_c and cell centres cen_r/cen_c per axis, the shifts
+ * shift_r/shift_c and the clamp of shifted coordinates. */
+struct grid {
+    int64_t V, h, w;
+    const float *th_r, *th_c, *cen_r, *cen_c, *shift_r, *shift_c;
+    float clamp;
+};
+
+/* Look-up of the m queries of a block (coordinates coord + r * coord_sq), exactly as
+ * query.locate computes it: per neighbour k = 0..V*V-1 and query r, the cell index, the
+ * relative coordinate and the ensemble weight. */
+static inline __attribute__((always_inline)) void
+locate_block(const struct grid *g, int m, const float *coord, int64_t coord_sq,
+             int64_t index[4][R], float weight[4][R], float rel[4][R][2])
 {
-    int64_t ri[2], ci[2];
-    float rr[2], rc[2];
-    for (int64_t v = 0; v < V; ++v) {
-        float sy = c[0] + shift_r[v], sx = c[1] + shift_c[v];
-        sy = sy < -clamp ? -clamp : (sy > clamp ? clamp : sy);
-        sx = sx < -clamp ? -clamp : (sx > clamp ? clamp : sx);
-        ri[v] = axis_cell(sy, th_r, h);
-        ci[v] = axis_cell(sx, th_c, w);
-        rr[v] = (c[0] - cen_r[ri[v]]) * (float)h;
-        rc[v] = (c[1] - cen_c[ci[v]]) * (float)w;
+    const int64_t V = g->V, K = V * V, h = g->h, w = g->w;
+    for (int r = 0; r < m; ++r) {
+        const float *c = coord + r * coord_sq;
+        int64_t ri[2], ci[2];
+        float rr[2], rc[2];
+        for (int64_t v = 0; v < V; ++v) {
+            float sy = c[0] + g->shift_r[v], sx = c[1] + g->shift_c[v];
+            sy = sy < -g->clamp ? -g->clamp : (sy > g->clamp ? g->clamp : sy);
+            sx = sx < -g->clamp ? -g->clamp : (sx > g->clamp ? g->clamp : sx);
+            ri[v] = axis_cell(sy, g->th_r, h);
+            ci[v] = axis_cell(sx, g->th_c, w);
+            rr[v] = (c[0] - g->cen_r[ri[v]]) * (float)h;
+            rc[v] = (c[1] - g->cen_c[ci[v]]) * (float)w;
+        }
+        float area[4], total = 0.0f;
+        for (int64_t k = 0; k < K; ++k) {
+            const int64_t vr = k / V, vc = k % V;
+            index[k][r] = ri[vr] * w + ci[vc];
+            rel[k][r][0] = rr[vr];
+            rel[k][r][1] = rc[vc];
+            float a = rr[vr] * rc[vc];
+            area[k] = (a < 0 ? -a : a) + 1e-9f;
+        }
+        for (int64_t k = 0; k < K; ++k) total += area[k];
+        /* each prediction is weighted by the area of the diagonally opposite neighbour */
+        for (int64_t k = 0; k < K; ++k) weight[k][r] = K == 1 ? 1.0f : area[K - 1 - k] / total;
     }
-    const int64_t K = V * V;
-    float area[4], total = 0.0f;
-    for (int64_t k = 0; k < K; ++k) {
-        const int64_t vr = k / V, vc = k % V;
-        index[k] = ri[vr] * w + ci[vc];
-        rel[k][0] = rr[vr];
-        rel[k][1] = rc[vc];
-        float a = rr[vr] * rc[vc];
-        area[k] = (a < 0 ? -a : a) + 1e-9f;
-    }
-    for (int64_t k = 0; k < K; ++k) total += area[k];
-    /* each prediction is weighted by the area of the diagonally opposite neighbour */
-    for (int64_t k = 0; k < K; ++k) weight[k] = K == 1 ? 1.0f : area[K - 1 - k] / total;
 }
 
 /* Blend the K renders of m queries whose inputs are x[k][r][0:in_x]. */
@@ -223,22 +235,17 @@ int lmf_query16(int64_t q, const float *coord, int64_t coord_sq, const float *ce
     const int rc = check_lookup(q, V, h, w, n_cells, depth, out_dim);
     if (rc != LMF_OK) return rc;
     const int64_t K = V * V, in_x = use_cell ? 4 : 2;
+    const struct grid g = {V, h, w, th_r, th_c, cen_r, cen_c, shift_r, shift_c, clamp};
     for (int64_t i0 = 0; i0 < q; i0 += R) {
         const int m = (int)(q - i0 < R ? q - i0 : R);
-        float x[4][R][4];
+        float x[4][R][4], weight[4][R], rel[4][R][2];
         int64_t index[4][R];
-        float weight[4][R];
+        locate_block(&g, m, coord + i0 * coord_sq, coord_sq, index, weight, rel);
         for (int r = 0; r < m; ++r) {
-            int64_t idx[4];
-            float rel[4][2], wt[4];
-            locate1(coord + (i0 + r) * coord_sq, V, h, w, th_r, th_c, cen_r, cen_c, shift_r,
-                    shift_c, clamp, idx, rel, wt);
             const float *ce = cell + (i0 + r) * cell_sq;
             for (int64_t k = 0; k < K; ++k) {
-                index[k][r] = idx[k];
-                weight[k][r] = wt[k];
-                x[k][r][0] = rel[k][0];
-                x[k][r][1] = rel[k][1];
+                x[k][r][0] = rel[k][r][0];
+                x[k][r][1] = rel[k][r][1];
                 if (use_cell) {
                     x[k][r][2] = ce[0] * (float)h;
                     x[k][r][3] = ce[1] * (float)w;
@@ -288,24 +295,20 @@ int lmf_lte16(int64_t q, const float *coord, int64_t coord_sq, const float *phas
     if (m2 > MAXIN || m2 < 2 || m2 % 2) return LMF_E_WIDTH;
     const int rc = check_lookup(q, V, h, w, n_cells, depth, out_dim);
     if (rc != LMF_OK) return rc;
+    const struct grid g = {V, h, w, th_r, th_c, cen_r, cen_c, shift_r, shift_c, clamp};
     for (int64_t i0 = 0; i0 < q; i0 += R) {
         const int mq = (int)(q - i0 < R ? q - i0 : R);
-        float x[4][R][MAXIN];
+        float x[4][R][MAXIN], weight[4][R], rel[4][R][2];
         int64_t index[4][R];
-        float weight[4][R];
+        locate_block(&g, mq, coord + i0 * coord_sq, coord_sq, index, weight, rel);
         for (int r = 0; r < mq; ++r) {
-            int64_t idx[4];
-            float rel[4][2], wt[4];
-            locate1(coord + (i0 + r) * coord_sq, V, h, w, th_r, th_c, cen_r, cen_c, shift_r,
-                    shift_c, clamp, idx, rel, wt);
             const float *ph = phase + (i0 + r) * phase_sq;
             for (int64_t k = 0; k < K; ++k) {
-                index[k][r] = idx[k];
-                weight[k][r] = wt[k];
-                const float *coef = code + idx[k] * code_stride, *freq = coef + m2;
+                const float *coef = code + index[k][r] * code_stride, *freq = coef + m2;
+                const float *rl = rel[k][r];
                 float *xr = x[k][r];
                 for (int64_t j = 0; j < m; ++j) {
-                    const float phi = freq[2 * j] * rel[k][0] + freq[2 * j + 1] * rel[k][1] + ph[j];
+                    const float phi = freq[2 * j] * rl[0] + freq[2 * j + 1] * rl[1] + ph[j];
                     float cj, sj;
                     cos_sin_pi(phi, &cj, &sj);
                     xr[j] = coef[j] * cj;

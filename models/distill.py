@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence, Sized
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from utils.checkpoint import load_checkpoint, model_spec
 from utils.errors import UserError
@@ -106,6 +106,18 @@ class Teacher:
         return m.decode(lat, coord, cell)
 
 
+_ONE_SHAPE = ("teacher.cache needs training samples of one shape (set inp_size and sample_q in the "
+              "train_dataset wrapper)")
+
+
+def _collate_same_shape(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    for s in samples[1:]:
+        for k, v in s.items():
+            if v.shape != samples[0][k].shape:
+                raise UserError(_ONE_SHAPE + f" ({k}: {tuple(v.shape)} and {tuple(samples[0][k].shape)})")
+    return default_collate(samples)
+
+
 class CachedSamples(Dataset):
     """The samples of ``dataset`` drawn once, with the teacher's targets and, optionally, the
     frozen encoder's features (stored as float16 to halve the memory).
@@ -122,10 +134,12 @@ class CachedSamples(Dataset):
 
         if not isinstance(dataset, Sized):
             raise TypeError("CachedSamples needs a dataset with a length")
-        items: dict[str, list[torch.Tensor]] = {}
+        n = len(dataset)
+        # filled in place, batch by batch: the peak memory is the cache itself, not twice it
+        self.items: dict[str, torch.Tensor] = {}
         share = cache_features and teacher.shares_encoder(student)
         self.cache_features = cache_features
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=_collate_same_shape)
         was_training = student.training
         student.eval()
         with torch.no_grad():
@@ -134,19 +148,22 @@ class CachedSamples(Dataset):
                 coord, cell = batch["coord"].to(device), batch["cell"].to(device)
                 feat = student.encode(inp) if cache_features else None
                 target = teacher.predict(inp, coord, cell, feat=feat if share else None)
-                for k, v in batch.items():
-                    items.setdefault(k, []).append(v)
-                items.setdefault("target", []).append(target.cpu())
+                parts = {**batch, "target": target.cpu()}
                 if feat is not None:
-                    items.setdefault("feat", []).append(feat.to(torch.float16).cpu())
+                    parts["feat"] = feat.to(torch.float16).cpu()
+                self._store(parts, i * batch_size, n)
                 if progress is not None:
-                    progress(min((i + 1) * batch_size, len(dataset)), len(dataset))
+                    progress(min((i + 1) * batch_size, n), n)
         student.train(was_training)
-        try:
-            self.items = {k: torch.cat(v) for k, v in items.items()}
-        except RuntimeError as e:
-            raise UserError("teacher.cache needs training samples of one shape (set inp_size and "
-                            f"sample_q in the train_dataset wrapper): {' '.join(str(e).split())[:120]}") from None
+
+    def _store(self, parts: Mapping[str, torch.Tensor], start: int, n: int) -> None:
+        for k, v in parts.items():
+            if k not in self.items:
+                self.items[k] = v.new_empty((n, *v.shape[1:]))
+            dest = self.items[k]
+            if dest.shape[1:] != v.shape[1:]:
+                raise UserError(_ONE_SHAPE + f" ({k}: {tuple(v.shape[1:])} after {tuple(dest.shape[1:])})")
+            dest[start:start + len(v)] = v
 
     def drop_features(self) -> None:
         """Forget the cached features (the encoder is no longer frozen)."""

@@ -92,6 +92,7 @@ def test_kill_and_resume_with_a_cached_teacher_is_exact(tmp_path):
     (lambda c: c["init_from"].update(modules=["decoder"]), "no parameters under 'decoder'"),
     (lambda c: c["teacher"].update(checkpoint="nope.pth"), "nope.pth"),
     (lambda c: c["optimizer"]["args"].update(lr=1e30), "training stopped"),
+    (lambda c: c["train_dataset"]["wrapper"]["args"].pop("sample_q"), "teacher.cache needs training samples of one shape"),
 ])
 def test_bad_distillation_config_is_one_line(tmp_path, edit, expect):
     path = _distill_config(tmp_path, epochs=2)

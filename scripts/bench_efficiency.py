@@ -113,7 +113,7 @@ def photo_worker(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     w, h = (int(v) for v in args.lr_size.split("x"))
     with Image.open(args.photo) as im:
-        lr = im.convert("RGB").resize((w, h), Image.BICUBIC)
+        lr = im.convert("RGB").resize((w, h), Image.Resampling.BICUBIC)
     inp = torch.from_numpy(np.asarray(lr, dtype=np.float32) / 255).permute(2, 0, 1).unsqueeze(0)
     model = models.load_model(args.cmsr_model)
     cmsr = CMSR.from_spec({"s2m_tables": args.cmsr}) if args.photo_cmsr == "on" else False

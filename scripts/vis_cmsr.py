@@ -68,7 +68,7 @@ def main() -> int:
     sr = upsample(model, img, (H, W), cmsr=CMSR(table), stats=stats)[0]
     with torch.no_grad():
         cell = clip_cell(make_cell((H, W), n=1).unsqueeze(0), (args.scale, args.scale))
-        mu = model.prepare(normalise(img), cell).complexity[0, 0]
+        mu = model.prepare(normalise(img), cell).need_complexity()[0, 0]
     level, scales = level_map(mu, table, (H * W / (h * w)) ** 0.5)
     anchors = np.array(PALETTE, dtype=np.float64)  # blue (coarse) -> red (full resolution)
     pos = np.linspace(0, len(PALETTE) - 1, max(len(scales), 2))[: len(scales)] if len(scales) > 1 else [len(PALETTE) - 1]

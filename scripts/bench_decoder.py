@@ -22,6 +22,8 @@ import contextlib
 import os
 import statistics
 import sys
+from functools import partial
+from typing import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -30,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import models  # noqa: E402
 from models import fast_render, triton_render  # noqa: E402
+from models.decoder import ImplicitDecoder  # noqa: E402
 from utils.devices import TIMERS, no_tf32  # noqa: E402
 from utils.coords import make_cell, make_coord  # noqa: E402
 
@@ -58,7 +61,7 @@ SPECS = {
 }
 
 
-def timed(fn, device: torch.device, repeats: int) -> float:
+def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Median time of ``fn()`` over ``repeats`` runs after warm-up (wall clock on the CPU, CUDA
     events on a GPU)."""
     timer = TIMERS[device.type](device)
@@ -67,7 +70,7 @@ def timed(fn, device: torch.device, repeats: int) -> float:
     return statistics.median(timer(fn) for _ in range(repeats))
 
 
-def flops(fn) -> int:
+def flops(fn: Callable[[], object]) -> int:
     # the fused CPU render kernel is invisible to the FLOP counter: count the same function on
     # the PyTorch path (the kernel does the same multiply-adds)
     with fast_render.disabled(), FlopCounterMode(display=False) as fc:
@@ -129,32 +132,34 @@ def main() -> None:
           f"median of {args.repeats}; fp32 matmul: {peak:.1f} GFLOP/s; LMF render: {kernel}")
 
     rows = []
-    enc_time = None
+    enc_time: float | None = None
+    enc_macs = 0.0
     names = args.models.split(",")
     unknown = [n for n in names if n not in SPECS]
     if unknown:
         ap.error(f"unknown model {', '.join(unknown)}; choose from {', '.join(SPECS)}")
     for name in names:
-        model = models.make(SPECS[name]).to(device).eval()
+        model = models.make(SPECS[name], kind=ImplicitDecoder).to(device).eval()
         if args.render == "compile":
-            model.render = torch.compile(model.render)
+            # this instance's render stage only (decode -> query -> self.render picks it up)
+            model.render = torch.compile(model.render)  # type: ignore[method-assign]
         params = sum(p.numel() for p in model.parameters())
         dec_params = params - sum(p.numel() for p in model.encoder.parameters())
         eager = fast_render.disabled() if args.render != "fused" else contextlib.nullcontext()
         with torch.no_grad(), ctx(), eager:
             feat = model.encode(inp)
             if enc_time is None:
-                enc_time = timed(lambda: model.encode(inp), device, args.repeats)
-                enc_macs = flops(lambda: model.encode(inp)) / 2
+                enc_time = timed(partial(model.encode, inp), device, args.repeats)
+                enc_macs = flops(partial(model.encode, inp)) / 2
             for s in scales:
                 if name in ("LIIF", "LTE") and s not in base_scales:
                     continue
                 H, W = round(h * s), round(w * s)
                 coord = make_coord((H, W), device=device).unsqueeze(0)
                 cell = make_cell((H, W), device=device).unsqueeze(0) * max(s / 4, 1)
-                lat_fn = lambda: model.latent(feat, inp, cell)  # noqa: E731
+                lat_fn = partial(model.latent, feat, inp, cell)
                 lat = lat_fn()
-                ren_fn = lambda: model.decode(lat, coord, cell, args.bsize)  # noqa: E731
+                ren_fn = partial(model.decode, lat, coord, cell, args.bsize)
                 t_lat = timed(lat_fn, device, args.repeats)
                 t_ren = timed(ren_fn, device, args.repeats)
                 f_lat, f_ren = (0, 0) if args.no_macs else (flops(lat_fn), flops(ren_fn))
@@ -162,6 +167,7 @@ def main() -> None:
                                  lat_gmac=f_lat / 2e9, ren_gmac=f_ren / 2e9, t_lat=t_lat, t_ren=t_ren,
                                  ren_gflops=f_ren / t_ren / 1e9))
 
+    assert enc_time is not None  # --models names at least one model (checked above)
     print(f"\nencoder EDSR-baseline: {enc_macs / 1e9:.2f} GMAC, {enc_time * 1000:.1f} ms\n")
     hdr = ("model", "scale", "params", "decoder", "latent GMAC", "render GMAC", "latent ms", "render ms",
            "decode/enc", "render GFLOP/s", "% matmul")

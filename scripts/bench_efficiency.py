@@ -37,6 +37,7 @@ def worker(args: argparse.Namespace) -> None:
     from bench_decoder import SPECS
     from models import fast_render
     from models.cmsr import CMSR, Scale2Mod, render
+    from models.decoder import ImplicitDecoder
     from models.inference import clip_cell
     from utils.coords import make_cell, make_coord
 
@@ -50,10 +51,10 @@ def worker(args: argparse.Namespace) -> None:
     s = float(args.scale)
     if args.cmsr:
         model = models.load_model(args.cmsr_model, device=device)
-        cmsr = CMSR(Scale2Mod.load(args.cmsr))
+        cmsr: CMSR | bool = CMSR(Scale2Mod.load(args.cmsr))
     else:
         torch.manual_seed(0)
-        model = models.make(SPECS[args.model]).to(device).eval()
+        model = models.make(SPECS[args.model], kind=ImplicitDecoder).to(device).eval()
         cmsr = False
     inp = torch.rand(1, 3, h, w, device=device) * 2 - 1
     H, W = round(h * s), round(w * s)
@@ -113,7 +114,7 @@ def photo_worker(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     w, h = (int(v) for v in args.lr_size.split("x"))
     with Image.open(args.photo) as im:
-        lr = im.convert("RGB").resize((w, h), Image.BICUBIC)
+        lr = im.convert("RGB").resize((w, h), Image.Resampling.BICUBIC)
     inp = torch.from_numpy(np.asarray(lr, dtype=np.float32) / 255).permute(2, 0, 1).unsqueeze(0)
     model = models.load_model(args.cmsr_model)
     cmsr = CMSR.from_spec({"s2m_tables": args.cmsr}) if args.photo_cmsr == "on" else False

@@ -18,7 +18,9 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -50,7 +52,7 @@ print((time.process_time() if {cpu} else time.perf_counter()) - t, resource.getr
 CLOCK = time.perf_counter
 
 
-def _median_time(fn, repeat: int) -> float:
+def _median_time(fn: Callable[[], object], repeat: int) -> float:
     fn()  # warm-up (kernel build, onnxruntime's first-run allocations)
     times = []
     for _ in range(repeat):
@@ -104,16 +106,16 @@ def main() -> int:
             cell = torch.from_numpy(clipped_cell((H, W), (s, s), 4.0)).view(1, 1, 2)
             feat = model.encode(inp)
             lat = model.latent(feat, inp, cell)
-            t_enc = _median_time(lambda: model.encode(inp), args.repeat)
-            t_lat = _median_time(lambda: model.latent(feat, inp, cell), args.repeat)
-        t_all = _median_time(lambda: upsample(model, timg, (H, W), cmsr=False), args.repeat)
+            t_enc = _median_time(partial(model.encode, inp), args.repeat)
+            t_lat = _median_time(partial(model.latent, feat, inp, cell), args.repeat)
+        t_all = _median_time(partial(upsample, model, timg, (H, W), cmsr=False), args.repeat)
         # stages, onnxruntime
         image = runner.normalise(img[None])
         cell_np = clipped_cell((H, W), (s, s), 4.0).reshape(1, 1, 2)
         f_np = runner.encode(image)
-        o_enc = _median_time(lambda: runner.encode(image), args.repeat)
-        o_lat = _median_time(lambda: runner.latent(f_np, image, cell_np), args.repeat)
-        o_all = _median_time(lambda: runner.upsample(img, (H, W)), args.repeat)
+        o_enc = _median_time(partial(runner.encode, image), args.repeat)
+        o_lat = _median_time(partial(runner.latent, f_np, image, cell_np), args.repeat)
+        o_all = _median_time(partial(runner.upsample, img, (H, W)), args.repeat)
         t_ren, o_ren = t_all - t_enc - t_lat, o_all - o_enc - o_lat
         del lat
         print(f"| x{s} ({W}x{H}) | PyTorch (fused) | {t_enc * 1e3:.0f} ms | {t_lat * 1e3:.0f} ms | "

@@ -20,6 +20,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Callable
 
 import torch
 
@@ -31,12 +32,15 @@ from models.mlp import ModulatedMLP  # noqa: E402
 from utils.coords import make_cell, make_coord  # noqa: E402
 
 
-def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
-    times, out = [], None
+def timed(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.Tensor]:
+    times: list[float] = []
+    out: torch.Tensor | None = None
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t0)
+    if out is None:
+        raise ValueError(f"--repeats must be at least 1, not {repeats}")
     return statistics.median(times), out
 
 

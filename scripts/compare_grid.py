@@ -45,7 +45,7 @@ def busiest_square(hr: torch.Tensor, size: int) -> tuple[int, int]:
 def tile(img: torch.Tensor, top: int, left: int, size: int, zoom: int, caption: str) -> Image.Image:
     crop = img[:, top:top + size, left:left + size].clamp(0, 1)
     arr = (crop.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-    pic = Image.fromarray(arr).resize((size * zoom, size * zoom), Image.NEAREST)
+    pic = Image.fromarray(arr).resize((size * zoom, size * zoom), Image.Resampling.NEAREST)
     out = Image.new("RGB", (pic.width, pic.height + CAPTION), "white")
     out.paste(pic, (0, 0))
     ImageDraw.Draw(out).text((3, pic.height + 2), caption, fill="black")

@@ -91,8 +91,8 @@ def download(url: str, dest: Path, timeout: float = 60.0) -> None:
             resp = urllib.request.urlopen(req, timeout=timeout)
         except urllib.error.HTTPError as e:
             if e.code == 416 and have:  # nothing after `have`: the .part is already complete
-                total = e.headers.get("Content-Range", "").rpartition("/")[2]
-                if total.isdigit() and int(total) == have:
+                size = e.headers.get("Content-Range", "").rpartition("/")[2]
+                if size.isdigit() and int(size) == have:
                     os.replace(part, dest)
                     return
                 part.unlink()
@@ -162,12 +162,14 @@ def unpack(archive: Path, member: str, out: Path) -> int:
                         n += 1
         else:
             with tarfile.open(archive, "r:*") as tf:
-                for info in tf:
-                    base = _is_wanted(info.name, member)
-                    if base and info.isfile():
-                        src = tf.extractfile(info)
-                        with src, open(out / base, "xb") as dst:
-                            shutil.copyfileobj(src, dst, CHUNK)
+                for entry in tf:
+                    base = _is_wanted(entry.name, member)
+                    if base and entry.isfile():
+                        data = tf.extractfile(entry)  # a regular file: never None
+                        if data is None:
+                            continue
+                        with data, open(out / base, "xb") as dst:
+                            shutil.copyfileobj(data, dst, CHUNK)
                         n += 1
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
         raise DataError(f"cannot unpack {archive}: {type(e).__name__}: {e}") from None

@@ -166,7 +166,7 @@ def main() -> None:
         report("train", worst, total, "\n".join(table))
 
     if "cmsr" in steps:
-        table = ROOT / "weights" / "cmsr_lmliif_edsr-b_cpu.yaml"
+        s2m_table = ROOT / "weights" / "cmsr_lmliif_edsr-b_cpu.yaml"
         cfg = ROOT / "configs/test/test-set5.yaml"
         if not (Path(args.data) / "benchmark" / "Set5").is_dir():
             report("cmsr", 0, 0, f"skipped: no Set5 under {args.data} (the golden CMSR cases ran in 'golden')")
@@ -174,7 +174,7 @@ def main() -> None:
             data_cfg = out / "test-set5.yaml"
             data_cfg.write_text(cfg.read_text().replace("../shared/data", str(Path(args.data).resolve())))
             cmd = [py, "test.py", "--config", str(data_cfg), "--model", "weights/lmliif_edsr-b_cpu.pth",
-                   "--scales", "8", "--device", dev, "--cmsr", str(table)] + (["--limit", "1"] if quick else [])
+                   "--scales", "8", "--device", dev, "--cmsr", str(s2m_table)] + (["--limit", "1"] if quick else [])
             code, text, secs = run(cmd, out / "cmsr.log", 200)
             report("cmsr", code, secs, "```\n" + "\n".join(text.strip().splitlines()[-6:]) + "\n```")
 

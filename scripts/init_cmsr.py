@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(model, "imnet") or not hasattr(model.imnet, "shift_slice"):
             raise UserError(f"{args.model} is not an LMF model (CMSR needs modulations)")
         folder = datasets.make({"name": "image-folder", "args": {"root_path": args.data, "first_k": args.first_k}})
-        table = {}
+        table: dict[float, dict[float, float]] = {}
         if os.path.exists(args.out):
             old = Scale2Mod.load(args.out)
             from models.cmsr import CMSR
@@ -79,12 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    def num(x: float):
+    def num(x: float) -> float:  # 2.0 -> 2 in the YAML
         return int(x) if float(x).is_integer() else float(x)
 
     from utils.checkpoint import state_dict_digest
 
-    out = {num(k): {num(d): round(float(t), 4) for d, t in row.items()} for k, row in sorted(table.items())}
+    out: dict[float | str, dict[float, float] | str] = {
+        num(k): {num(d): round(float(t), 4) for d, t in row.items()} for k, row in sorted(table.items())}
     out["checkpoint"] = state_dict_digest(model.state_dict())  # CMSR refuses the table with other weights
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:

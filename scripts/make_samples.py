@@ -26,7 +26,7 @@ def _noise(rng: np.random.Generator, h: int, w: int, octaves: int = 5) -> np.nda
     for o in range(octaves):
         n = 2 ** (o + 2)
         grid = Image.fromarray((rng.random((n, n)) * 255).astype(np.uint8))
-        acc += amp * np.asarray(grid.resize((w, h), Image.BICUBIC), np.float64) / 255
+        acc += amp * np.asarray(grid.resize((w, h), Image.Resampling.BICUBIC), np.float64) / 255
         total += amp
         amp /= 2
     acc /= total

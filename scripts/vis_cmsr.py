@@ -68,19 +68,19 @@ def main() -> int:
     sr = upsample(model, img, (H, W), cmsr=CMSR(table), stats=stats)[0]
     with torch.no_grad():
         cell = clip_cell(make_cell((H, W), n=1).unsqueeze(0), (args.scale, args.scale))
-        mu = model.prepare(normalise(img), cell).complexity[0, 0]
+        mu = model.prepare(normalise(img), cell).need_complexity()[0, 0]
     level, scales = level_map(mu, table, (H * W / (h * w)) ** 0.5)
     anchors = np.array(PALETTE, dtype=np.float64)  # blue (coarse) -> red (full resolution)
     pos = np.linspace(0, len(PALETTE) - 1, max(len(scales), 2))[: len(scales)] if len(scales) > 1 else [len(PALETTE) - 1]
     colours = np.array([anchors[int(np.floor(p))] + (p - np.floor(p)) * (anchors[min(int(np.floor(p)) + 1, len(PALETTE) - 1)]
                         - anchors[int(np.floor(p))]) for p in pos]).round().astype(np.uint8)
     lv = level.numpy()
-    cmap = Image.fromarray(colours[np.clip(lv, 0, len(colours) - 1)]).resize((W, H), Image.NEAREST)
+    cmap = Image.fromarray(colours[np.clip(lv, 0, len(colours) - 1)]).resize((W, H), Image.Resampling.NEAREST)
     sr_img = Image.fromarray((sr.permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8))
     blend = Image.blend(sr_img, cmap, 0.45)
     f = min(1.0, args.max_width / (3 * W))
     W, H = max(1, round(W * f)), max(1, round(H * f))
-    sr_img, cmap, blend = (im.resize((W, H), Image.BILINEAR) for im in (sr_img, cmap, blend))
+    sr_img, cmap, blend = (im.resize((W, H), Image.Resampling.BILINEAR) for im in (sr_img, cmap, blend))
     legend_h = 28
     canvas = Image.new("RGB", (3 * W, H + legend_h), "white")
     for i, im in enumerate((sr_img, cmap, blend)):

@@ -42,13 +42,22 @@ def test_device() -> torch.device:
     return dev
 
 
-class WallTimer:
-    """Seconds of one call of ``fn`` by the wall clock (CPU)."""
+class Timer:
+    """Seconds of one call of ``fn`` on ``device``; ``name`` says how they are measured."""
 
-    name = "wall clock"
+    name = ""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        raise NotImplementedError
+
+
+class WallTimer(Timer):
+    """Seconds of one call of ``fn`` by the wall clock (CPU)."""
+
+    name = "wall clock"
 
     def __call__(self, fn: Callable[[], object]) -> float:
         t = time.perf_counter()
@@ -56,14 +65,11 @@ class WallTimer:
         return time.perf_counter() - t
 
 
-class CudaEventTimer:
+class CudaEventTimer(Timer):
     """Seconds of one call of ``fn`` on the GPU, measured with CUDA events (no host-side gaps:
     the time between the two events recorded on the current stream)."""
 
     name = "CUDA events"
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
 
     def __call__(self, fn: Callable[[], object]) -> float:
         with torch.cuda.device(self.device):
@@ -76,4 +82,4 @@ class CudaEventTimer:
             return start.elapsed_time(end) / 1000.0
 
 
-TIMERS = {"cpu": WallTimer, "cuda": CudaEventTimer}
+TIMERS: dict[str, type[Timer]] = {"cpu": WallTimer, "cuda": CudaEventTimer}

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 import torch.nn.functional as F
-import yaml
 
+from utils.config import read_yaml
 from utils.coords import make_coord
 from utils.errors import UserError
 
@@ -86,13 +86,7 @@ class Scale2Mod:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Scale2Mod":
-        try:
-            with open(path) as f:
-                data = yaml.safe_load(f)
-        except OSError as e:
-            raise UserError(f"cannot read Scale2Mod table {os.fspath(path)!r}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise UserError(f"Scale2Mod table {os.fspath(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        data = read_yaml(path, "Scale2Mod table")
         try:
             return cls(data, source=os.fspath(path))
         except UserError as e:  # say which file: the message alone does not

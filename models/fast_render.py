@@ -25,12 +25,13 @@ import tempfile
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
+
+from utils.switch import ThreadSwitch
 
 HIDDEN = 16
 _SOURCE = Path(__file__).with_name("kernels") / "render16.c"
@@ -44,7 +45,7 @@ _failed = False
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_pid = 0
-_disabled = threading.local()
+_disabled = ThreadSwitch()
 
 
 def _cache_dir() -> Path:
@@ -242,20 +243,14 @@ def library() -> _Library | None:
     return _lib
 
 
-@contextmanager
-def disabled() -> Iterator[None]:
+def disabled() -> AbstractContextManager[None]:
     """Use the PyTorch path inside this block (this thread), e.g. to count FLOPs or compare."""
-    before = getattr(_disabled, "on", False)
-    _disabled.on = True
-    try:
-        yield
-    finally:
-        _disabled.on = before
+    return _disabled.on()
 
 
 def forced_off() -> bool:
     """Whether this thread is inside :func:`disabled` (every fused kernel, CPU or GPU, is off)."""
-    return getattr(_disabled, "on", False)
+    return bool(_disabled)
 
 
 def use_kernel(hidden_dim: int, mods: torch.Tensor, *inputs: torch.Tensor | None, in_width: int = 0) -> bool:

@@ -23,15 +23,16 @@ import contextlib
 import functools
 import os
 import threading
-from contextlib import contextmanager
-from typing import Iterator
+from contextlib import AbstractContextManager
 
 import torch
+
+from utils.switch import ThreadSwitch
 
 from . import query as Q
 from .fast_render import HIDDEN, LTE_MAX_INPUT, forced_off, kernel_weights
 
-_state = threading.local()
+_on_cpu = ThreadSwitch()  # see on_cpu()
 _lock = threading.Lock()
 _kernels: dict | None = None
 _import_error: str | None = None
@@ -51,17 +52,11 @@ def unavailable_reason() -> str | None:
     return _import_error
 
 
-@contextmanager
-def on_cpu() -> Iterator[None]:
+def on_cpu() -> AbstractContextManager[None]:
     """Within this block (this thread), CPU tensors also go through the Triton kernels, which
     needs ``TRITON_INTERPRET=1`` (set before the kernels are first built): how the kernels'
     exactness is tested on a machine without a GPU."""
-    before = getattr(_state, "cpu", False)
-    _state.cpu = True
-    try:
-        yield
-    finally:
-        _state.cpu = before
+    return _on_cpu.on()
 
 
 def usable(hidden_dim: int, mods: torch.Tensor, *inputs: torch.Tensor | None, in_width: int = 0) -> bool:
@@ -70,7 +65,7 @@ def usable(hidden_dim: int, mods: torch.Tensor, *inputs: torch.Tensor | None, in
     ``inputs`` the per-query tensors (coordinates, cells; None ones are ignored), ``in_width``
     LM-LTE's Fourier input width. Else the caller takes its next path."""
     dev = mods.device.type
-    if dev != "cuda" and not (dev == "cpu" and getattr(_state, "cpu", False)):
+    if dev != "cuda" and not (dev == "cpu" and _on_cpu):
         return False  # the CPU path pays one attribute look-up, nothing else
     grad = torch.is_grad_enabled()
     tensors = [t for t in inputs if t is not None]

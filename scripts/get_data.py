@@ -46,15 +46,13 @@ class DataError(Exception):
 
 
 def load_sources(path: Path) -> dict:
-    import yaml
+    from utils.config import read_yaml
+    from utils.errors import UserError
 
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except OSError as e:
-        raise DataError(f"cannot read the source list {path}: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise DataError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        data = read_yaml(path, "source list")
+    except UserError as e:
+        raise DataError(str(e)) from None
     if not isinstance(data, dict) or not data:
         raise DataError(f"{path}: expected a mapping name -> {{url, member, dest, count, files}}")
     for name, entry in data.items():

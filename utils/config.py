@@ -142,18 +142,18 @@ class Validator:
         return {"name": v["name"], "args": dict(args)}
 
 
-def read_yaml(path: str | os.PathLike) -> Any:
-    """``yaml.safe_load`` a file (never runs code), with one-line errors."""
+def read_yaml(path: str | os.PathLike, what: str = "config") -> Any:
+    """``yaml.safe_load`` a file (never runs code), with one-line errors that call it ``what``."""
     path = os.fspath(path)
     try:
         with open(path) as f:
             return yaml.safe_load(f)
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"{what} file not found: {path}") from None
     except IsADirectoryError:
-        raise ConfigError(f"config path is a directory: {path}") from None
+        raise ConfigError(f"{what} path is a directory: {path}") from None
     except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
         first = str(e).strip().splitlines()
         where = ""

@@ -142,59 +142,7 @@ def _queries(b: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     return make_coord((h, w)).expand(b, -1, -1), make_cell((h, w)).expand(b, -1, -1)
 
 
-def test_chunked_equals_unchunked(tiny):
-    inp = torch.rand(2, 3, 9, 11) * 2 - 1
-    coord, cell = _queries(2, 31, 40)
-    with torch.no_grad():
-        full = tiny(inp, coord, cell, bsize=10 ** 9)
-        for bsize in (1, 97, 1000):
-            assert torch.allclose(tiny(inp, coord, cell, bsize=bsize), full, atol=1e-6)
-
-
-def test_batch_equals_single_images(tiny):
-    inp = torch.rand(2, 3, 7, 9) * 2 - 1
-    coord, cell = _queries(2, 20, 23)
-    with torch.no_grad():
-        both = tiny(inp, coord, cell)
-        for i in range(2):
-            assert torch.allclose(both[i:i + 1], tiny(inp[i:i + 1], coord[i:i + 1], cell[i:i + 1]), atol=1e-6)
-
-
-def test_train_and_eval_compute_the_same_function(tiny):
-    inp = torch.rand(1, 3, 6, 7) * 2 - 1
-    coord, cell = _queries(1, 15, 16)
-    with torch.no_grad():
-        ev = tiny(inp, coord, cell)
-        tiny.train()
-        try:
-            tr = tiny(inp, coord, cell)
-        finally:
-            tiny.eval()
-    assert torch.allclose(ev, tr, atol=1e-6)
-
-
-def test_gradients_reach_every_trainable_parameter(tiny):
-    tiny.train()
-    try:
-        inp = torch.rand(2, 3, 8, 8) * 2 - 1
-        coord, cell = _queries(2, 20, 20)
-        idx = torch.randperm(400)[:200]
-        tiny(inp, coord[:, idx], cell[:, idx]).abs().mean().backward()
-        for name, p in tiny.named_parameters():
-            if p.requires_grad:
-                assert p.grad is not None and p.grad.abs().sum() > 0, name
-    finally:
-        tiny.zero_grad(set_to_none=True)
-        tiny.eval()
-
-
-def test_no_state_left_on_the_module(tiny):
-    before = {k: id(v) for k, v in vars(tiny).items()}
-    inp = torch.rand(1, 3, 5, 6)
-    coord, cell = _queries(1, 10, 12)
-    with torch.no_grad():
-        tiny(inp, coord, cell)
-    assert {k: id(v) for k, v in vars(tiny).items()} == before
+# chunking, batching, train/eval, gradients and module state: tests/test_models.py (tiny_model)
 
 
 def test_zero_render_output_leaves_the_bilinear_residual():

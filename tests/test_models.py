@@ -151,10 +151,12 @@ def test_stream_is_chunk_invariant_and_balanced():
 
 
 # --- decoders ------------------------------------------------------------------------------
-@pytest.fixture(scope="module", params=["liif", "lte", "lmliif", "lmlte"])
+@pytest.fixture(scope="module", params=["liif", "lte", "lmliif", "lmlte", "lmciaosr"])
 def tiny_model(request):
+    from test_lmciaosr import tiny_spec
+
     torch.manual_seed(0)
-    return models.make(spec(request.param, TINY)).eval()
+    return models.make(tiny_spec() if request.param == "lmciaosr" else spec(request.param, TINY)).eval()
 
 
 def _queries(b: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:

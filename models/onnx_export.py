@@ -55,6 +55,17 @@ def model_name(model: nn.Module) -> str:
     return name_of(model) or type(model).__name__
 
 
+def check_request(model: nn.Module, opset: int) -> str:
+    """The model's registered name, or a UserError if this model or opset cannot be exported."""
+    name = model_name(model)
+    if name not in EXPORTABLE:
+        raise UserError(f"model {name!r} cannot be exported to ONNX (exportable: {', '.join(EXPORTABLE)})")
+    if opset < MIN_OPSET:
+        raise UserError(f"opset {opset} is not supported: the graphs need opset {MIN_OPSET} or newer "
+                        "(GridSample, dynamic shapes)")
+    return name
+
+
 def _latent_fields(model: ImplicitDecoder, lat: Latent) -> list[str]:
     """The per-cell tables this model's render reads (``rows``, ``mods``: whichever it has)."""
     fields = []
@@ -163,11 +174,7 @@ def export(model: ImplicitDecoder, folder: str | os.PathLike, opset: int = DEFAU
     model). ``cmsr_table``: a Scale2Mod table to record (default: the model's own, if any).
     Returns the JSON metadata.
     """
-    name = model_name(model)
-    if name not in EXPORTABLE:
-        raise UserError(f"model {name!r} cannot be exported to ONNX (exportable: {', '.join(EXPORTABLE)})")
-    if opset < MIN_OPSET:
-        raise UserError(f"--opset {opset} is too old: the render graph needs GridSample; use {MIN_OPSET} or newer")
+    name = check_request(model, opset)
     folder = Path(folder)
     model = model.eval().cpu()
     b, h, w, hb, q = 1, 7, 9, 5, 50  # example sizes only; every one of them is dynamic

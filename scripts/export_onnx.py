@@ -61,14 +61,14 @@ def check_parity(folder: Path, model) -> float:
     return float(np.abs(out - ref).max())
 
 
-def run(args: argparse.Namespace) -> str:
+def load_request(args: argparse.Namespace):
+    """Check everything the export needs before anything is written: (model path, model, CMSR table)."""
     from utils.errors import UserError
 
     model_path = Path(args.model) if args.model else DEFAULT_MODEL
     if not model_path.is_file():
         raise UserError(f"model checkpoint {model_path} does not exist")
-    out = Path(args.out)
-    _check_out(out, args.force)
+    _check_out(Path(args.out), args.force)
     try:
         import onnx  # noqa: F401  (the exporter needs both; say so in one line)
         import onnxscript  # noqa: F401
@@ -81,13 +81,10 @@ def run(args: argparse.Namespace) -> str:
     from models.cmsr import CMSR, Scale2Mod
 
     model = models.load_model(model_path, device="cpu")
-    name = onnx_export.model_name(model)
-    if name not in onnx_export.EXPORTABLE:
-        raise UserError(f"{model_path}: model {name!r} cannot be exported to ONNX "
-                        f"(exportable: {', '.join(onnx_export.EXPORTABLE)})")
-    if args.opset < onnx_export.MIN_OPSET:
-        raise UserError(f"--opset {args.opset} is not supported: the graphs need opset "
-                        f"{onnx_export.MIN_OPSET} or newer (GridSample, dynamic shapes)")
+    try:
+        name = onnx_export.check_request(model, args.opset)
+    except UserError as e:
+        raise UserError(f"{model_path}: {e}") from None
     table = None
     if args.cmsr is not None:
         if name not in ("lmliif", "lmlte"):
@@ -95,7 +92,15 @@ def run(args: argparse.Namespace) -> str:
         s2m = Scale2Mod.load(args.cmsr)
         CMSR(s2m).check_model(model)  # a table built for other weights is refused, as in demo/test
         table = s2m.to_dict()
+    return model_path, model, table
 
+
+def run(args: argparse.Namespace) -> str:
+    from models import onnx_export
+    from utils.errors import UserError
+
+    model_path, model, table = load_request(args)
+    name, out = onnx_export.model_name(model), Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out))

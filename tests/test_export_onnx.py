@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, SHARED, need
+from conftest import ROOT, SHARED
 from models.lm import LMDecoder
 
 TOL = 1e-4
@@ -303,7 +303,12 @@ def test_bad_export_requests_one_line_exit_2(case, tmp_path):
         torch.save({"model": {"name": "srgan", "args": {}, "sd": {}}}, ck)
         argv += ["--model", str(ck)]
     elif case == "not-exportable":  # a decoder we have but do not export (LM-CiaoSR)
-        argv += ["--model", str(need(SHARED / "fixtures" / "official-ciaosr" / "lmciaosr.pth"))]
+        import models
+        from test_lmciaosr import tiny_spec
+
+        spec, ck = tiny_spec(), tmp_path / "lmciaosr.pth"
+        torch.save({"model": {**spec, "sd": models.make(spec).state_dict()}}, ck)
+        argv += ["--model", str(ck)]
     elif case == "bad-option":
         argv += ["--precision", "fp16"]
     res = _export_cli(*argv)
@@ -311,6 +316,8 @@ def test_bad_export_requests_one_line_exit_2(case, tmp_path):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-1500:]
     assert "Traceback" not in res.stderr
+    expected = {"opset": "opset 11 is not supported", "not-exportable": "'lmciaosr' cannot be exported to ONNX"}
+    assert expected.get(case, "") in lines[0]
     if case == "out-is-file":
         assert out.read_text() == "keep me"
     if case == "out-exists":

@@ -141,11 +141,12 @@ def run(args: argparse.Namespace) -> dict:
 
 def run_onnx(args: argparse.Namespace, inp_path: Path, out_path: Path) -> dict:
     """The same upscaling with a model exported by scripts/export_onnx.py (onnxruntime, no torch)."""
+    why = {"--model": "the exported folder is the model", "--cmsr": "the ONNX runner renders every query",
+           "--device": "the ONNX runner runs on the CPU"}
     for flag, given in (("--model", args.model is not None), ("--cmsr", args.cmsr is not None),
                         ("--device", args.device not in ("auto", "cpu"))):
         if given:
-            raise UserError(f"--onnx cannot be combined with {flag} (the exported folder is the model; "
-                            "the ONNX runner renders every query on the CPU, without CMSR)")
+            raise UserError(f"--onnx cannot be combined with {flag} ({why[flag]})")
     from utils.onnx_runner import OnnxUpscaler, upscale_file
 
     runner = OnnxUpscaler(args.onnx, chunk=args.bsize)

@@ -32,14 +32,13 @@ import torch
 import torch.nn as nn
 
 from utils.errors import UserError
+from utils.onnx_runner import FORMAT, FORMAT_VERSION
 
 from . import fast_render
 from .cmsr import TRAINING_SCALE
 from .decoder import ImplicitDecoder, Latent
 from .lm import LMDecoder
 
-FORMAT = "lmf-onnx"
-FORMAT_VERSION = 1
 MIN_OPSET = 18          # GridSample (16) with the exporter's lowest well-supported opset
 DEFAULT_OPSET = 18
 EXPORTABLE = ("liif", "lte", "lmliif", "lmlte")

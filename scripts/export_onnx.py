@@ -40,6 +40,10 @@ def _check_out(out: Path, force: bool) -> None:
         if present and not force:
             raise UserError(f"--out {out} already holds an export ({', '.join(present)}); "
                             "pass --force to replace it")
+        others = sorted(p.name for p in out.iterdir() if p.name not in FILES and not p.name.startswith(".export-"))
+        if others and not force:  # an export is a folder of its own; do not mix it into the user's files
+            raise UserError(f"--out {out} holds other files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); "
+                            "export into a new or empty folder (or pass --force to add the export there)")
     parent = out if out.is_dir() else next((p for p in out.parents if p.exists()), Path("."))
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"--out {out}: {parent} is not writable")

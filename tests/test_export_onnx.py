@@ -212,10 +212,25 @@ RUNNER_SCRIPT = textwrap.dedent("""
 """)
 
 
+# what docs/export.md says a machine without torch needs beside onnxruntime, numpy and Pillow
+RUNNER_FILES = ("utils/__init__.py", "utils/onnx_runner.py", "utils/images.py", "utils/errors.py", "utils/atomic.py")
+
+
+def _runner_only_copy(dest: Path) -> Path:
+    """The documented runner files alone, in a folder of their own (no repository on the path)."""
+    doc = (ROOT / "docs" / "export.md").read_text()
+    for f in RUNNER_FILES:
+        assert f"`{Path(f).name}`" in doc, f"docs/export.md does not list {f}"
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        (dest / f).write_bytes((ROOT / f).read_bytes())
+    return dest
+
+
 def _run_runner(tmp_path: Path, folder: Path | None, lr: tuple[int, int] = (9, 13), scale: int = 3) -> int:
-    code = RUNNER_SCRIPT.format(root=str(ROOT), folder=str(folder) if folder else "", lr=lr, scale=scale,
+    root = _runner_only_copy(tmp_path / "runner-only")
+    code = RUNNER_SCRIPT.format(root=str(root), folder=str(folder) if folder else "", lr=lr, scale=scale,
                                 src=str(tmp_path / "in.png"), dst=str(tmp_path / "out.png"))
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    res = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     return int(res.stdout.split()[-1])  # peak RSS in KiB (Linux)
 
@@ -269,7 +284,8 @@ def _export_cli(*argv: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("case", ["missing-model", "opset", "chunk", "cmsr-non-lm", "out-is-file", "out-exists",
-                                  "unwritable", "unknown-model", "not-exportable", "bad-option"])
+                                  "out-has-other-files", "unwritable", "unknown-model", "not-exportable",
+                                  "bad-option"])
 def test_bad_export_requests_one_line_exit_2(case, tmp_path):
     _need_export_packages()
     out = tmp_path / "out"
@@ -290,6 +306,9 @@ def test_bad_export_requests_one_line_exit_2(case, tmp_path):
     elif case == "out-exists":
         out.mkdir()
         (out / "model.json").write_text("{}")
+    elif case == "out-has-other-files":
+        out.mkdir()
+        (out / "holiday.png").write_bytes(b"mine")
     elif case == "unwritable":
         import os
         if os.geteuid() == 0:
@@ -316,12 +335,15 @@ def test_bad_export_requests_one_line_exit_2(case, tmp_path):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-1500:]
     assert "Traceback" not in res.stderr
-    expected = {"opset": "opset 11 is not supported", "not-exportable": "'lmciaosr' cannot be exported to ONNX"}
+    expected = {"opset": "opset 11 is not supported", "not-exportable": "'lmciaosr' cannot be exported to ONNX",
+                "out-has-other-files": "holds other files (holiday.png)"}
     assert expected.get(case, "") in lines[0]
     if case == "out-is-file":
         assert out.read_text() == "keep me"
     if case == "out-exists":
         assert (out / "model.json").read_text() == "{}"
+    if case == "out-has-other-files":
+        assert sorted(p.name for p in out.iterdir()) == ["holiday.png"]
 
 
 def test_runner_bad_folder_is_one_clear_error(tmp_path):
@@ -335,6 +357,65 @@ def test_runner_bad_folder_is_one_clear_error(tmp_path):
     (tmp_path / "model.json").write_text('{"format": "something-else"}')
     with pytest.raises(UserError, match="not an lmf-onnx"):
         OnnxUpscaler(tmp_path)
+    with pytest.raises(UserError, match="is a file: pass the export folder"):
+        OnnxUpscaler(tmp_path / "model.json")
+
+
+def _copy_export(key: str, dest: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(_export_dir(key), dest))
+
+
+@pytest.mark.parametrize("case", ["version", "missing-key", "mixed-render", "mixed-latent"])
+def test_runner_refuses_a_stale_or_mixed_export(case, tmp_path):
+    """model.json of another format version or without a key it needs, or graphs of two exports
+    in one folder: one UserError naming the problem (no onnxruntime or KeyError traceback)."""
+    _need_export_packages()
+    if _tiny_dir() is None:
+        pytest.skip("needs the tiny official fixtures")
+    from utils.errors import UserError
+    from utils.onnx_runner import OnnxUpscaler
+
+    folder = _copy_export("lmliif", tmp_path / "lmliif")
+    meta = json.loads((folder / "model.json").read_text())
+    if case == "version":
+        meta["version"] = 2
+        expect = "format version 2; this runner reads version 1"
+    elif case == "missing-key":
+        del meta["chunk"], meta["normalisation"]["gt_div"]
+        expect = "lacks chunk, normalisation"
+    else:  # LIIF's graph (it reads per-cell rows, not mods) dropped into the LM-LIIF export
+        graph = case.split("-")[1] + ".onnx"
+        (folder / graph).write_bytes((_export_dir("liif") / graph).read_bytes())
+        expect = f"{graph} does not belong with this model.json"
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=expect):
+        OnnxUpscaler(folder)
+
+
+def test_runner_checks_its_python_arguments(tmp_path):
+    _need_export_packages()
+    from PIL import Image
+
+    from utils.errors import UserError
+    from utils.onnx_runner import upscale_file
+
+    m = _runner("bundled")
+    img = np.zeros((3, 4, 5), np.float32)
+    with pytest.raises(UserError, match=r"\(3, h, w\) float image.*got uint8"):
+        m.upsample((img * 255).astype(np.uint8), (8, 10))
+    with pytest.raises(UserError, match=r"\(3, h, w\) float image.*got float32 \(4, 5, 3\)"):
+        m.upsample(img.transpose(1, 2, 0), (8, 10))
+    for size in [(0, 0), (8.5, 10)]:
+        with pytest.raises(UserError, match="two whole numbers >= 1"):
+            m.upsample(img, size)
+    src = tmp_path / "x.png"
+    Image.new("RGB", (5, 4), (10, 20, 30)).save(src)
+    before = src.read_bytes()
+    with pytest.raises(UserError, match="is the input image"):
+        upscale_file(m, src, src, (8, 10))
+    assert src.read_bytes() == before
 
 
 # --- demo.py --onnx -----------------------------------------------------------------------

@@ -26,6 +26,10 @@ import numpy as np
 from utils.errors import UserError
 
 FORMAT = "lmf-onnx"  # the ``format`` of model.json (models/onnx_export.py writes it)
+FORMAT_VERSION = 1   # the layout of model.json and the graphs' inputs/outputs this runner reads
+# what model.json must hold (models/onnx_export.py writes it; see docs/export.md)
+_REQUIRED = ("graphs", "latent_outputs", "render_tables", "normalisation", "chunk", "latent_band_cells", "halo",
+             "scale_max")
 
 
 def axis_coords(n: int) -> np.ndarray:
@@ -55,6 +59,35 @@ def _session_options(ort, threads: int | None, arena: bool = True):
     return opts
 
 
+def read_meta(folder: Path) -> dict:
+    """``folder``/model.json, checked: format, version and the keys a runner reads."""
+    meta_path = folder / "model.json"
+    if folder.is_file():
+        raise UserError(f"{folder} is a file: pass the export folder (the one holding model.json)")
+    if not folder.is_dir():
+        raise UserError(f"ONNX model folder {folder} does not exist (export one with scripts/export_onnx.py)")
+    if not meta_path.is_file():
+        raise UserError(f"{folder} has no model.json: not a folder written by scripts/export_onnx.py")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {meta_path}: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UserError(f"{meta_path} is not an {FORMAT} description (written by scripts/export_onnx.py)")
+    if meta.get("version") != FORMAT_VERSION:
+        raise UserError(f"{meta_path} has format version {meta.get('version')!r}; this runner reads version "
+                        f"{FORMAT_VERSION}: export the model again with this code")
+    missing = [k for k in _REQUIRED if k not in meta]
+    graphs, norm = meta.get("graphs"), meta.get("normalisation")
+    if not isinstance(graphs, dict) or not {"encoder", "latent", "render"} <= set(graphs):
+        missing.append("graphs.encoder/latent/render")
+    if not isinstance(norm, dict) or not {"inp_sub", "inp_div", "gt_sub", "gt_div"} <= set(norm):
+        missing.append("normalisation.inp_sub/inp_div/gt_sub/gt_div")
+    if missing:
+        raise UserError(f"{meta_path} lacks {', '.join(dict.fromkeys(missing))}: export the model again")
+    return meta
+
+
 class OnnxUpscaler:
     """The exported graphs of one model (a folder written by ``scripts/export_onnx.py``).
 
@@ -64,17 +97,7 @@ class OnnxUpscaler:
 
     def __init__(self, folder: str | os.PathLike, threads: int | None = None, chunk: int | None = None) -> None:
         folder = Path(folder)
-        meta_path = folder / "model.json"
-        if not folder.is_dir():
-            raise UserError(f"ONNX model folder {folder} does not exist (export one with scripts/export_onnx.py)")
-        if not meta_path.is_file():
-            raise UserError(f"{folder} has no model.json: not a folder written by scripts/export_onnx.py")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot read {meta_path}: {e}") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise UserError(f"{meta_path} is not an {FORMAT} description (written by scripts/export_onnx.py)")
+        meta = read_meta(folder)
         try:
             import onnxruntime as ort
         except ImportError:
@@ -84,19 +107,36 @@ class OnnxUpscaler:
         if self.chunk < 1:
             raise UserError("the render chunk must be a positive number of queries")
         self.sessions = {}
-        for stage, name in meta["graphs"].items():
-            path = folder / name
+        for stage in ("encoder", "latent", "render"):
+            path = folder / str(meta["graphs"][stage])
             if not path.is_file():
-                raise UserError(f"{folder} is missing {name} (export the model again)")
+                raise UserError(f"{folder} is missing {path.name} (export the model again)")
             opts = _session_options(ort, threads, arena=stage == "render")
             try:
                 self.sessions[stage] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
             except Exception as e:  # onnxruntime raises its own exception types for bad files
                 msg = " ".join(str(e).split())[:200]
                 raise UserError(f"cannot load {path}: {msg}") from None
+        self._check_graphs(folder)
         norm = meta["normalisation"]
         self._inp = (np.asarray(norm["inp_sub"], np.float32), np.asarray(norm["inp_div"], np.float32))
         self._gt = (np.asarray(norm["gt_sub"], np.float32), np.asarray(norm["gt_div"], np.float32))
+
+    def _check_graphs(self, folder: Path) -> None:
+        """The three graphs take and give what model.json says (graphs of one export, not mixed)."""
+        tables, latent_out = list(self.meta["render_tables"]), list(self.meta["latent_outputs"])
+        if not tables or not set(tables) <= set(latent_out):
+            raise UserError(f"{folder}/model.json: render_tables {tables} must be among latent_outputs "
+                            f"{latent_out}: export the model again")
+        expected = {"encoder": (["image"], ["feat"]),
+                    "latent": (["feat", "image", "cell"], latent_out),
+                    "render": (["image", "coord", "cell", *tables], ["rgb"])}
+        for stage, (inputs, outputs) in expected.items():
+            sess = self.sessions[stage]
+            got = ([i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()])
+            if got != (inputs, outputs):
+                raise UserError(f"{folder}: {stage}.onnx does not belong with this model.json (inputs {got[0]}, "
+                                f"outputs {got[1]}; expected {inputs}, {outputs}): export the model again")
 
     # -- the three stages -------------------------------------------------------------------
     def encode(self, image: np.ndarray) -> np.ndarray:
@@ -159,7 +199,14 @@ class OnnxUpscaler:
     def upsample(self, img: np.ndarray, size: tuple[int, int],
                  progress: Callable[[int], None] | None = None) -> np.ndarray:
         """``img`` (3, h, w) float32 in [0, 1] -> (3, H, W) float32 in [0, 1] for ``size`` = (H, W)."""
+        if not (isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[0] == 3
+                and np.issubdtype(img.dtype, np.floating)):
+            got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
+            raise UserError(f"upsample takes a (3, h, w) float image in [0, 1], got {got} "
+                            "(utils.images.array_to_float converts an (h, w, 3) uint8 array)")
         _, h, w = img.shape
+        if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in size):
+            raise UserError(f"the output size (H, W) must be two whole numbers >= 1, got {tuple(size)}")
         H, W = int(size[0]), int(size[1])
         scale_hw = (H / h, W / w)
         cell = clipped_cell((H, W), scale_hw, float(self.meta["scale_max"]))
@@ -193,6 +240,8 @@ def upscale_file(model: OnnxUpscaler, src, dst: str | os.PathLike,
     the alpha channel is upscaled with Pillow's bicubic filter (:func:`utils.images.compose_output`)."""
     from utils import images
 
+    if isinstance(src, (str, os.PathLike)) and Path(dst).exists() and Path(dst).resolve() == Path(src).resolve():
+        raise UserError(f"the output {os.fspath(dst)} is the input image: choose another output file")
     arr, alpha, gray = images.open_array(src)  # (h, w, 3) uint8, or float32 in [0, 1] for 16-bit files
     img = images.array_to_float(arr)
     if callable(size):

@@ -20,7 +20,7 @@ if DATA.is_dir():  # the shipped configs read ${LMF_DATA}: point it at the proje
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-from utils.devices import TEST_DEVICE_ENV, no_tf32, test_device  # noqa: E402
+from utils.devices import no_tf32, test_device  # noqa: E402
 
 # Device of the device-aware tests (golden, Triton, train/resume): $LMF_TEST_DEVICE, default cpu.
 # On CUDA, exact fp32 needs TF32 off for matmuls *and* cuDNN convolutions (PyTorch allows TF32

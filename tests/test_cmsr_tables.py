@@ -36,7 +36,7 @@ def test_row_is_monotone_and_ends_with_the_target():
     assert list(row) == [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0]
     values = list(row.values())
     assert values[-1] == 1.0
-    assert all(a <= b for a, b in zip(values[:-1], values[1:-1]))
+    assert all(a <= b for a, b in zip(values[:-2], values[1:-1], strict=True))
     assert all(v >= 0 for v in values)
 
 

@@ -308,7 +308,7 @@ def test_train_mode_follows_reference_rng_order(tmp_path):
         flags = [random.random() < 0.5 for _ in range(3)]
         keep = np.random.choice(w_hr * w_hr, 100, replace=False)
 
-        def aug(x):
+        def aug(x, flags=flags):
             x = x.flip(-2) if flags[0] else x
             x = x.flip(-1) if flags[1] else x
             return x.transpose(-2, -1) if flags[2] else x

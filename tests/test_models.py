@@ -293,7 +293,7 @@ def test_cmsr_always_returns_the_target_size(name):
             thr = [0.0] * len(ds)          # top levels empty: everything on the coarsest grid
         if trial % 3 == 1:
             thr = [10.0] * len(ds)
-        table = {rnd.choice([6, 8, 12, 16]): dict(zip(ds, thr))}
+        table = {rnd.choice([6, 8, 12, 16]): dict(zip(ds, thr, strict=True))}
         coord, cell = _queries(1, th, tw)
         stats = {}
         with torch.no_grad():

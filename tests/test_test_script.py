@@ -167,7 +167,7 @@ def test_window_and_paired(small, tmp_path):
     out = tmp_path / "w.json"
     check_ok(cli("--config", small["config"], "--model", LMLIIF, "--device", "cpu", "--scales", "3",
                  "--window", "8", "--out", out))
-    for rec, (_, _, _, _, H0, W0) in zip(load_json(out)["records"], CROPS):
+    for rec, (_, _, _, _, H0, W0) in zip(load_json(out)["records"], CROPS, strict=True):
         assert rec["hr_size"] == [H0 // 3 * 3, W0 // 3 * 3] and math.isfinite(rec["psnr"])
     lr_dir, hr_dir = tmp_path / "LR", tmp_path / "HR"
     lr_dir.mkdir(), hr_dir.mkdir()

@@ -146,6 +146,26 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], 
                               dynamic_shapes=dynamic_shapes, opset_version=opset, verbose=verbose)
     finally:
         log.setLevel(level)
+    _check_dynamic(path, input_names, dynamic_shapes)
+
+
+def _check_dynamic(path: Path, input_names: list[str], dynamic_shapes: tuple) -> None:
+    """Every axis declared dynamic is still dynamic in the graph: the exporter may instead fix it
+    to the example size (code that specialises on the input size, e.g. a window partition), which
+    gives a graph that runs at that one size only."""
+    import onnx
+
+    declared: list[dict | None] = []
+    for d in dynamic_shapes:  # a nested tuple holds the axes of the render stage's *tables
+        declared.extend(d if isinstance(d, tuple) else [d])
+    inputs = {i.name: i.type.tensor_type.shape.dim for i in onnx.load(str(path), load_external_data=False).graph.input}
+    for name, axes in zip(input_names, declared, strict=True):
+        for ax in axes or {}:
+            dim = inputs[name][ax]
+            if not dim.dim_param:
+                raise UserError(f"the exporter fixed axis {ax} of {path.stem}'s input {name!r} to {dim.dim_value} "
+                                "(the model's code depends on the example size there); this model cannot be "
+                                "exported with dynamic sizes")
 
 
 def _export_graphs(model: ImplicitDecoder, folder: Path, image: torch.Tensor, feat: torch.Tensor,

@@ -122,7 +122,13 @@ def run(args: argparse.Namespace) -> str:
                             f"(opset {args.opset}): {type(e).__name__}: {first}") from None
         diff = None
         if not args.no_check:
-            diff = check_parity(tmp, model)
+            try:
+                diff = check_parity(tmp, model)
+            except UserError:
+                raise
+            except Exception as e:  # onnxruntime cannot run what the exporter wrote
+                first = (" ".join(str(e).split()) or type(e).__name__)[:200]
+                raise UserError(f"the exported graphs do not run in onnxruntime ({first}); nothing was written") from None
             if not diff <= CHECK_TOL:
                 raise UserError(f"the exported graphs differ from PyTorch by {diff:.2e} (> {CHECK_TOL:g}); "
                                 "nothing was written")

@@ -285,7 +285,7 @@ def _export_cli(*argv: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("case", ["missing-model", "opset", "chunk", "cmsr-non-lm", "out-is-file", "out-exists",
                                   "out-has-other-files", "unwritable", "unknown-model", "not-exportable",
-                                  "bad-option"])
+                                  "swinir", "bad-option"])
 def test_bad_export_requests_one_line_exit_2(case, tmp_path):
     _need_export_packages()
     out = tmp_path / "out"
@@ -328,6 +328,18 @@ def test_bad_export_requests_one_line_exit_2(case, tmp_path):
         spec, ck = tiny_spec(), tmp_path / "lmciaosr.pth"
         torch.save({"model": {**spec, "sd": models.make(spec).state_dict()}}, ck)
         argv += ["--model", str(ck)]
+    elif case == "swinir":  # the exporter fixes SwinIR's input size: refused, not a one-size graph
+        import models
+
+        torch.manual_seed(0)
+        spec = {"name": "lmliif", "args": {
+            "encoder_spec": {"name": "swinir", "args": {"no_upsampling": True, "embed_dim": 12, "depths": [2],
+                                                        "num_heads": [2], "window_size": 4, "img_size": 16}},
+            "imnet_spec": {"name": "lmmlp", "args": {"out_dim": 3, "hidden_dim": 16, "hidden_depth": 2}},
+            "hypernet_spec": {"name": "mlp", "args": {"hidden_list": [32]}}, "mod_input": True}}
+        ck = tmp_path / "swinir-lmliif.pth"
+        torch.save({"model": {**spec, "sd": models.make(spec).state_dict()}}, ck)
+        argv += ["--model", str(ck)]
     elif case == "bad-option":
         argv += ["--precision", "fp16"]
     res = _export_cli(*argv)
@@ -336,7 +348,8 @@ def test_bad_export_requests_one_line_exit_2(case, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-1500:]
     assert "Traceback" not in res.stderr
     expected = {"opset": "opset 11 is not supported", "not-exportable": "'lmciaosr' cannot be exported to ONNX",
-                "out-has-other-files": "holds other files (holiday.png)"}
+                "out-has-other-files": "holds other files (holiday.png)",
+                "swinir": "cannot be exported with dynamic sizes"}
     assert expected.get(case, "") in lines[0]
     if case == "out-is-file":
         assert out.read_text() == "keep me"
@@ -344,6 +357,8 @@ def test_bad_export_requests_one_line_exit_2(case, tmp_path):
         assert (out / "model.json").read_text() == "{}"
     if case == "out-has-other-files":
         assert sorted(p.name for p in out.iterdir()) == ["holiday.png"]
+    if case == "swinir":  # the temporary export folder is gone
+        assert not out.exists() or not any(out.iterdir())
 
 
 def test_runner_bad_folder_is_one_clear_error(tmp_path):

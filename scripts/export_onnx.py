@@ -9,7 +9,7 @@ Writes three graphs with dynamic sizes — ``encoder.onnx`` (image -> features, 
 ``latent.onnx`` (a band of feature rows -> per-LR-cell tables) and ``render.onnx`` (tables, a
 chunk of query coordinates and cells -> RGB) — and ``model.json`` (model name, normalisation,
 render chunk, training scale range, CMSR table if any). Exportable decoders: LIIF, LTE, LM-LIIF,
-LM-LTE, with any of our encoders the exporter can trace (EDSR, RDN, SwinIR). After exporting,
+LM-LTE, with an EDSR or RDN encoder (SwinIR is refused: the exporter fixes its input size). After exporting,
 the graphs are checked against PyTorch on a small random image (``--no-check`` skips it).
 An existing export in ``--out`` is only replaced with ``--force``. See docs/export.md.
 """
@@ -117,9 +117,8 @@ def run(args: argparse.Namespace) -> str:
         except UserError:
             raise
         except Exception as e:  # the exporter's errors are long; keep the first line
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise UserError(f"the ONNX exporter failed on {name} with {meta_name(model)} "
-                            f"(opset {args.opset}): {type(e).__name__}: {first}") from None
+            raise UserError(f"the ONNX exporter failed on {name} with {onnx_export.model_name(model.encoder)} "
+                            f"(opset {args.opset}): {type(e).__name__}: {_first_line(e)}") from None
         diff = None
         if not args.no_check:
             try:
@@ -127,8 +126,8 @@ def run(args: argparse.Namespace) -> str:
             except UserError:
                 raise
             except Exception as e:  # onnxruntime cannot run what the exporter wrote
-                first = (" ".join(str(e).split()) or type(e).__name__)[:200]
-                raise UserError(f"the exported graphs do not run in onnxruntime ({first}); nothing was written") from None
+                raise UserError(f"the exported graphs do not run in onnxruntime ({_first_line(e)}); "
+                                "nothing was written") from None
             if not diff <= CHECK_TOL:
                 raise UserError(f"the exported graphs differ from PyTorch by {diff:.2e} (> {CHECK_TOL:g}); "
                                 "nothing was written")
@@ -141,10 +140,8 @@ def run(args: argparse.Namespace) -> str:
     return f"{model_path} ({meta['model']}, {meta['encoder']}) -> {out}/ ({sizes}{check})"
 
 
-def meta_name(model) -> str:
-    from models import onnx_export
-
-    return onnx_export.model_name(model.encoder)
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def build_parser():

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -37,12 +37,13 @@ from utils.errors import UserError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["GRAY_MODES", "array_to_float", "array_to_tensor", "compose_output", "fill_transparent", "is_gray",
-           "load_image", "open_array", "open_image", "read_alpha", "read_image", "save_array", "save_image", "to_pil"]
+__all__ = ["GRAY_MODES", "array_to_float", "array_to_tensor", "compose_output", "fill_transparent", "load_image",
+           "open_array", "open_image", "read_image", "save_array", "save_image", "to_pil"]
 
 GRAY_MODES = ("L", "LA", "1", "I", "I;16", "I;16L", "I;16B", "F")
 
 _HIGH_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+T = TypeVar("T")
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
@@ -62,6 +63,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
     Kept separate from :func:`load_image` so caches can hold the compact uint8 form.
     """
+    return _decode(path, _to_rgb_array)
+
+
+def _decode(path: str | os.PathLike, take: Callable[[Image.Image], T]) -> T:
+    """Open and decode ``path`` once and return ``take(image)``; any failure is one ``UserError``."""
     path = Path(path)
     if not path.is_file():
         what = "is a directory, not an image file" if path.is_dir() else "does not exist"
@@ -71,7 +77,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()
-                return _to_rgb_array(img)
+                return take(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise UserError(f"image {path} is too large ({e})") from None
     except Exception as e:  # Pillow raises many types for corrupt data (OSError, SyntaxError, zlib.error...)
@@ -103,28 +109,17 @@ def _alpha_of(img: Image.Image) -> np.ndarray | None:
     return None
 
 
-def read_alpha(path: str | os.PathLike) -> np.ndarray | None:
-    """The alpha channel (H, W) uint8 of an image that has one (RGBA, LA, PA, transparency), else None."""
-    try:
-        with Image.open(path) as img:
-            return _alpha_of(img)
-    except Exception as e:  # read_image has already validated the file; be defensive anyway
-        raise UserError(f"cannot read the alpha channel of {path}: {e}") from None
-
-
-def is_gray(path: str | os.PathLike) -> bool:
-    """Whether the file is a grayscale image (its upscaled output is then grayscale too)."""
-    with Image.open(path) as im:
-        return im.mode in GRAY_MODES
+def _array_alpha_gray(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    return _to_rgb_array(img), _alpha_of(img), img.mode in GRAY_MODES
 
 
 def open_array(src: str | os.PathLike | Image.Image) -> tuple[np.ndarray, np.ndarray | None, bool]:
     """A file path or a PIL image -> (RGB (H, W, 3) as :func:`read_image`, alpha (H, W) uint8 or
-    None, whether the source is grayscale). Files are validated by :func:`read_image` (one-line errors)."""
+    None, whether the source is grayscale, i.e. its output is grayscale too). A file is opened and
+    decoded once, with :func:`read_image`'s one-line errors."""
     if isinstance(src, Image.Image):
-        return _to_rgb_array(src), _alpha_of(src), src.mode in GRAY_MODES
-    arr = read_image(src)
-    return arr, read_alpha(src), is_gray(src)
+        return _array_alpha_gray(src)
+    return _decode(src, _array_alpha_gray)
 
 
 def open_image(src: str | os.PathLike | Image.Image) -> tuple[torch.Tensor, np.ndarray | None, bool]:

@@ -149,8 +149,7 @@ class OnnxUpscaler:
         _, _, h, w = feat.shape
         band = max(1, int(meta["latent_band_cells"]) // w)
         halo = int(meta["halo"])
-        names = [o.name for o in sess.get_outputs()]
-        wanted = [n for n in names if n in meta["render_tables"]]
+        wanted = list(meta["render_tables"])  # among the graph's outputs (checked when loading)
         tables: dict[str, np.ndarray] = {}
         for r0 in range(0, h, band):
             r1 = min(h, r0 + band)

@@ -24,7 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from utils.cli import Parser, device_name, parse_scale, pick_device, positive_int, run_main, scale_label
+from utils.cli import (Parser, add_precision, device_label, device_name, parse_scale, pick_device, positive_int, run_main,
+                       scale_label)
 from utils.errors import UserError
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "lmliif_edsr-b_cpu.pth"
@@ -96,7 +97,7 @@ def load(args: argparse.Namespace, device):
     if not model_path.exists():
         hint = " (the bundled model is missing from this checkout)" if args.model is None else ""
         raise UserError(f"model checkpoint {model_path} does not exist{hint}")
-    model = models.load_model(model_path, device=device)
+    model = models.load_model(model_path, device=device, precision=args.precision)
     cmsr = CMSR.from_spec({"s2m_tables": args.cmsr}) if args.cmsr is not None else None
     return model, cmsr
 
@@ -136,15 +137,16 @@ def run(args: argparse.Namespace) -> dict:
     out = render(model, inp_path, (H, W), args, cmsr, stats)
     del model
     save_image(out, out_path)
-    return {"in": (w, h), "out": (W, H), "seconds": time.perf_counter() - t0, **stats}
+    return {"in": (w, h), "out": (W, H), "seconds": time.perf_counter() - t0, "device": device_label(device),
+            **stats}
 
 
 def run_onnx(args: argparse.Namespace, inp_path: Path, out_path: Path) -> dict:
     """The same upscaling with a model exported by scripts/export_onnx.py (onnxruntime, no torch)."""
     why = {"--model": "the exported folder is the model", "--cmsr": "the ONNX runner renders every query",
-           "--device": "the ONNX runner runs on the CPU"}
+           "--device": "the ONNX runner runs on the CPU", "--precision": "the exported graphs are fp32"}
     for flag, given in (("--model", args.model is not None), ("--cmsr", args.cmsr is not None),
-                        ("--device", args.device not in ("auto", "cpu"))):
+                        ("--device", args.device not in ("auto", "cpu")), ("--precision", args.precision != "fp32")):
         if given:
             raise UserError(f"--onnx cannot be combined with {flag} ({why[flag]})")
     from utils.onnx_runner import OnnxUpscaler, upscale_file
@@ -160,6 +162,7 @@ def run_onnx(args: argparse.Namespace, inp_path: Path, out_path: Path) -> dict:
 
     upscale_file(runner, inp_path, out_path, size_of)
     info["seconds"] = time.perf_counter() - t0
+    info["device"] = "cpu, onnxruntime"
     return info
 
 
@@ -171,6 +174,7 @@ def build_parser() -> Parser:
     ap.add_argument("--size", help="output size WIDTHxHEIGHT in pixels (instead of --scale)")
     ap.add_argument("--model", help=f"checkpoint (default: the bundled {DEFAULT_MODEL.name})")
     ap.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N")
+    add_precision(ap)
     ap.add_argument("--cmsr", nargs="?", const=str(DEFAULT_CMSR),
                     help="use CMSR beyond x4 with this Scale2Mod table (default: the bundled model's)")
     ap.add_argument("--bsize", type=positive_int, help="queries rendered at a time (memory/speed trade-off)")
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         info = run(args)
         (w, h), (W, H) = info["in"], info["out"]
-        extra = f" in {info['seconds']:.1f} s"
+        extra = f" in {info['seconds']:.1f} s on {info['device']}"
         sx, sy = W / w, H / h
         if abs(sx / sy - 1) > 0.01:
             extra += f", aspect ratio changed (x{sy:.3g} vertically, x{sx:.3g} horizontally)"

@@ -6,10 +6,16 @@
 
 Entry points (each a function below; ``torch.hub.load(REPO, NAME, source="local", **kwargs)``):
 
-* ``lmliif(pretrained=True, checkpoint=None, encoder="edsr-baseline", device="cpu", cmsr=False)``:
+* ``lmliif(pretrained=True, checkpoint=None, encoder="edsr-baseline", device="cpu", cmsr=False,
+  precision="fp32")``:
   LM-LIIF; by default the bundled demo model ``weights/lmliif_edsr-b_cpu.pth`` (``cmsr=True``
   switches CMSR on with its bundled Scale2Mod table).
-* ``lmlte``, ``lmciaosr``, ``liif``, ``lte``: ``(checkpoint=None, encoder="edsr-baseline", device="cpu")``.
+* ``lmlte``, ``lmciaosr``, ``liif``, ``lte``: ``(checkpoint=None, encoder="edsr-baseline", device="cpu",
+  precision="fp32")``.
+
+``device``: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (``cuda`` is the current GPU; an absent one is
+a one-line error). ``precision="bf16"`` runs the encoder (and on CUDA the latent stage) in
+bfloat16: faster where the hardware has bf16, at the PSNR cost measured in the README.
 
 With ``checkpoint`` (a path to a checkpoint of that model, official LIIF/LTE/LMF layout or ours)
 the weights are loaded safely (``weights_only=True``); without one, the model is built untrained
@@ -45,8 +51,15 @@ def _with_upscale(model):
     return model
 
 
-def _load(name, checkpoint=None, encoder="edsr-baseline", device="cpu", cmsr_spec=None):
-    return _with_upscale(_build(name, checkpoint, encoder, device, cmsr_spec))
+def _load(name, checkpoint=None, encoder="edsr-baseline", device="cpu", cmsr_spec=None, precision="fp32"):
+    import models
+    from utils.cli import PRECISIONS, pick_device
+    from utils.errors import UserError
+
+    if precision not in PRECISIONS:
+        raise UserError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    dev = pick_device(str(device), flag="device")  # "cuda" -> this process's current GPU, with its index
+    return _with_upscale(models.set_precision(_build(name, checkpoint, encoder, dev, cmsr_spec), precision))
 
 
 def _build(name, checkpoint, encoder, device, cmsr_spec):
@@ -75,7 +88,7 @@ def _build(name, checkpoint, encoder, device, cmsr_spec):
     return models.make(spec).to(device).eval()
 
 
-def lmliif(pretrained=True, checkpoint=None, encoder="edsr-baseline", device="cpu", cmsr=False):
+def lmliif(pretrained=True, checkpoint=None, encoder="edsr-baseline", device="cpu", cmsr=False, precision="fp32"):
     """LM-LIIF (LMF). Default: the bundled demo model (EDSR-baseline, trained on the CPU; see
     weights/README.md). ``pretrained=False``: untrained from the official recipe; ``checkpoint``:
     your own weights. ``cmsr=True`` (bundled model only) uses the bundled Scale2Mod table."""
@@ -87,24 +100,24 @@ def lmliif(pretrained=True, checkpoint=None, encoder="edsr-baseline", device="cp
         if encoder != "edsr-baseline":
             raise ValueError("the bundled model uses encoder='edsr-baseline'; pass pretrained=False or a checkpoint")
         checkpoint = _BUNDLED
-    return _load("lmliif", checkpoint, encoder, device, spec)
+    return _load("lmliif", checkpoint, encoder, device, spec, precision)
 
 
-def lmlte(checkpoint=None, encoder="edsr-baseline", device="cpu"):
+def lmlte(checkpoint=None, encoder="edsr-baseline", device="cpu", precision="fp32"):
     """LM-LTE (LMF): your checkpoint, or untrained from the official recipe."""
-    return _load("lmlte", checkpoint, encoder, device)
+    return _load("lmlte", checkpoint, encoder, device, precision=precision)
 
 
-def lmciaosr(checkpoint=None, encoder="edsr-baseline", device="cpu"):
+def lmciaosr(checkpoint=None, encoder="edsr-baseline", device="cpu", precision="fp32"):
     """LM-CiaoSR (LMF): your checkpoint, or untrained from the official recipe."""
-    return _load("lmciaosr", checkpoint, encoder, device)
+    return _load("lmciaosr", checkpoint, encoder, device, precision=precision)
 
 
-def liif(checkpoint=None, encoder="edsr-baseline", device="cpu"):
+def liif(checkpoint=None, encoder="edsr-baseline", device="cpu", precision="fp32"):
     """LIIF: your checkpoint (e.g. the official LIIF release), or untrained from the official recipe."""
-    return _load("liif", checkpoint, encoder, device)
+    return _load("liif", checkpoint, encoder, device, precision=precision)
 
 
-def lte(checkpoint=None, encoder="edsr-baseline", device="cpu"):
+def lte(checkpoint=None, encoder="edsr-baseline", device="cpu", precision="fp32"):
     """LTE: your checkpoint (e.g. the official LTE release), or untrained from the official recipe."""
-    return _load("lte", checkpoint, encoder, device)
+    return _load("lte", checkpoint, encoder, device, precision=precision)

@@ -53,8 +53,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from utils.atomic import write_text_atomic
-from utils.cli import (Parser, ScaleHW, device_name, non_negative_int, parse_scales, pick_device, positive_float,
-                       positive_int, run_main, scale_label)
+from utils.cli import (Parser, ScaleHW, add_precision, device_name, non_negative_int, parse_scales, pick_device,
+                       positive_float, positive_int, run_main, scale_label)
 from utils.errors import UserError
 
 # torch, models and datasets are imported inside the functions, after the arguments are parsed,
@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of scales overriding the config's, e.g. 2,3,4,6,8,12; non-integer "
                         "(2.5) and asymmetric HxW (3x2 = 3 vertically, 2 horizontally) allowed")
     p.add_argument("--device", type=device_name, default="auto", help="auto (default: cuda if available), cpu, cuda, cuda:N")
+    add_precision(p)
     p.add_argument("--bsize", type=positive_int, default=None, help="queries per decoding chunk (default: the model's)")
     p.add_argument("--cmsr", metavar="TABLE", default=None, help="enable CMSR with this Scale2Mod table (YAML)")
     p.add_argument("--save-dir", default=None, help="write SR images as <dir>/x<scale>/<stem>.png")
@@ -462,7 +463,7 @@ def set_up(args: argparse.Namespace) -> tuple[list[Run], Outputs, Options, torch
     outputs = check_outputs(args, runs)
     cmsr = CMSR(Scale2Mod.load(args.cmsr)) if args.cmsr else None
     device = pick_device(args.device)
-    model = None if args.model == "bicubic" else models.load_model(args.model, device=device)
+    model = None if args.model == "bicubic" else models.load_model(args.model, device=device, precision=args.precision)
     norm = cfg["data_norm"]
     opt = Options(scale_max=args.scale_max, window=args.window, bsize=args.bsize, cmsr=cmsr,
                   inp_norm=(norm["inp"]["sub"], norm["inp"]["div"]),

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 
 from . import query as Q
+from utils.cli import PRECISIONS
+
 from .encoders.base import Encoder
 
 
@@ -51,6 +53,12 @@ class Latent:
             raise ValueError(f"this latent has no {what}")
         return value
 
+    def as_float(self) -> "Latent":
+        """The same latent with every table in fp32 (after a latent stage under autocast)."""
+        def f(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.float()
+        return Latent(self.inp, f(self.rows), f(self.mods), f(self.complexity))
+
     def image(self, i: int) -> "Latent":
         """The latent of image ``i`` of the batch."""
         return Latent(self.inp[i:i + 1], None if self.rows is None else self.rows[i:i + 1],
@@ -70,14 +78,12 @@ class ImplicitDecoder(nn.Module):
 
         self.encoder = make(encoder_spec, kind=Encoder)
 
-    #: "fp32" (default) or "bf16": the encoder under bfloat16 autocast on a channels-last input,
-    #: features returned in fp32 contiguous (the latent and render stages stay fp32).
-    #: See :func:`set_encoder_precision`.
-    encoder_precision = "fp32"
+    #: "fp32" (default) or "bf16"; see :func:`set_precision`.
+    precision = "fp32"
 
     # -- stages ---------------------------------------------------------------------------
     def encode(self, inp: torch.Tensor) -> torch.Tensor:
-        if self.encoder_precision == "bf16" and not _autocast_on(inp.device.type):
+        if self.precision == "bf16" and not _autocast_on(inp.device.type):
             # channels-last: oneDNN's bf16 convolutions are fastest in NHWC (measured in
             # docs/gpu.md: autocast alone gains little on the CPU, with NHWC ~2-3x)
             with torch.autocast(inp.device.type, dtype=torch.bfloat16):
@@ -95,7 +101,14 @@ class ImplicitDecoder(nn.Module):
     # -- composition ----------------------------------------------------------------------
     def prepare(self, inp: torch.Tensor, cell: torch.Tensor, feat: torch.Tensor | None = None) -> Latent:
         """Encoder (unless its output ``feat`` is given) and latent stage."""
-        return self.latent(self.encode(inp) if feat is None else feat, inp, cell)
+        feat = self.encode(inp) if feat is None else feat
+        dev = inp.device.type
+        if self.precision == "bf16" and dev in BF16_LATENT_DEVICES and not _autocast_on(dev):
+            # on a GPU the per-cell MLPs are worth bf16 too; their tables go back to fp32 for the render
+            with torch.autocast(dev, dtype=torch.bfloat16):
+                lat = self.latent(feat, inp, cell)
+            return lat.as_float()
+        return self.latent(feat, inp, cell)
 
     def query(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         out = self.render(lat, coord, cell)
@@ -111,8 +124,27 @@ class ImplicitDecoder(nn.Module):
         return Q.stream(lambda c, ce: self.query(lat, c, ce), coord, cell, bsize or self.chunk_size(lat))
 
     def chunk_size(self, lat: Latent) -> int:
-        """Queries per chunk when the caller gives no ``bsize`` (bounds per-chunk memory)."""
-        return self.default_bsize
+        """Queries per chunk when the caller gives no ``bsize``: the decoder's default on the CPU,
+        sized from the free memory on CUDA (:func:`query.device_chunk`; bounds per-chunk memory)."""
+        return Q.device_chunk(self.default_bsize, lambda: self.query_bytes(lat), lat.inp.device)
+
+    def query_bytes(self, lat: Latent) -> int:
+        """Bytes of intermediates per query of :meth:`query` with this latent, measured (not
+        estimated) on a small probe on the latent's device: the growth of the peak between two
+        probe sizes, so fixed costs cancel. Remembered per decoder, device and latent width."""
+        key = (lat.inp.device.type, lat.inp.shape[0], None if lat.rows is None else lat.rows.shape[-1])
+        cache = self.__dict__.setdefault("_query_bytes", {})
+        if key not in cache:
+            from utils.memory import LiveBytes
+
+            peaks = []
+            for q in (256, 1280):
+                coord, cell = probe_queries(lat, q)
+                with torch.no_grad(), LiveBytes() as m:
+                    self.query(lat, coord, cell)
+                peaks.append(m.peak)
+            cache[key] = max(1, (peaks[1] - peaks[0]) // 1024)
+        return cache[key]
 
     def forward(self, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor,
                 bsize: int | None = None, *, feat: torch.Tensor | None = None) -> torch.Tensor:
@@ -124,7 +156,8 @@ class ImplicitDecoder(nn.Module):
         return self.decode(self.prepare(inp, cell, feat), coord, cell, bsize)
 
 
-PRECISIONS = ("fp32", "bf16")
+#: devices where precision "bf16" also runs the latent stage in bf16 (on the CPU it is not faster)
+BF16_LATENT_DEVICES = ("cuda",)
 
 
 def _autocast_on(device_type: str) -> bool:
@@ -135,18 +168,31 @@ def _autocast_on(device_type: str) -> bool:
         return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
-def set_encoder_precision(model: nn.Module, precision: str) -> nn.Module:
-    """Run ``model``'s encoder in ``precision`` ("fp32" or "bf16" autocast); returns the model.
+def set_precision(model: nn.Module, precision: str) -> nn.Module:
+    """Run ``model`` in ``precision`` ("fp32", the default, or "bf16"); returns the model.
 
-    bf16 only changes the encoder (its convolutions in bfloat16, channels-last; speed and
-    PSNR cost measured in docs/gpu.md); the decoder keeps fp32.
+    bf16: the encoder runs under bfloat16 autocast on a channels-last input (oneDNN's and cuDNN's
+    fastest bf16 layout) and returns fp32 features; on CUDA the latent stage (per-LR-cell MLPs)
+    runs under bf16 autocast too, its tables returned in fp32. The render (per-query MLP) always
+    stays fp32. The PSNR cost and the speed-up are measured in the README and docs/gpu.md.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if not isinstance(model, ImplicitDecoder):
         raise ValueError(f"precision {precision}: not an LIIF-family model ({type(model).__name__})")
-    model.encoder_precision = precision
+    model.precision = precision
     return model
+
+
+def probe_queries(lat: Latent, q: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``q`` queries spread over the image (deterministic: no random state is touched), with
+    the cell of a x4 output, for probes of a latent."""
+    b = lat.inp.shape[0]
+    h, w = lat.hw
+    t = torch.linspace(-0.999, 0.999, q, device=lat.inp.device)
+    coord = torch.stack([t, t.flip(0)], dim=-1).unsqueeze(0).expand(b, q, 2)
+    cell = torch.tensor([2 / (4 * h), 2 / (4 * w)], device=lat.inp.device).expand(b, q, 2)
+    return coord, cell
 
 
 def check_queries(inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> None:

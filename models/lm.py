@@ -42,7 +42,7 @@ class LMDecoder(ImplicitDecoder):
     def chunk_size(self, lat) -> int:
         # the fused kernel keeps nothing per query but the output: large chunks, less overhead
         fused = self.render_mlp.fused(lat.mods, in_width=self.fused_input_width)
-        return fast_render.FUSED_BSIZE if fused else self.default_bsize
+        return fast_render.FUSED_BSIZE if fused else super().chunk_size(lat)
 
     def banded_latent(self, feat: torch.Tensor, band_cells: int | None,
                       cells: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,15 +9,17 @@ import torch
 from utils.checkpoint import load_checkpoint, model_spec
 from utils.errors import CheckpointError, SpecError
 
-from .decoder import ImplicitDecoder
+from .decoder import ImplicitDecoder, set_precision
 from .registry import make
 
 
 def load_model(source: str | os.PathLike | Mapping[str, Any], device: torch.device | str = "cpu",
-               cmsr_spec: Mapping[str, Any] | str | None = None, eval_mode: bool = True) -> ImplicitDecoder:
+               cmsr_spec: Mapping[str, Any] | str | None = None, eval_mode: bool = True,
+               precision: str = "fp32") -> ImplicitDecoder:
     """Load ``source`` (a path or a loaded checkpoint dict) onto ``device``.
 
-    ``cmsr_spec`` (official dict or a table path) switches CMSR on for LMF models.
+    ``cmsr_spec`` (official dict or a table path) switches CMSR on for LMF models; ``precision``
+    "bf16" runs the encoder (and on CUDA the latent stage) in bfloat16 (:func:`set_precision`).
     """
     path = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "checkpoint"
     ckpt = load_checkpoint(source, map_location="cpu") if isinstance(source, (str, os.PathLike)) else source
@@ -33,4 +35,5 @@ def load_model(source: str | os.PathLike | Mapping[str, Any], device: torch.devi
         raise CheckpointError(f"{path}: cannot build model {spec['name']!r} from the checkpoint's args "
                               f"({type(e).__name__}: {msg[:160]})") from None
     model = model.to(device)
+    set_precision(model, precision)
     return model.eval() if eval_mode else model

@@ -21,6 +21,13 @@ _CLAMP = 1 - 1e-6
 CLAMP = _CLAMP  # look-up clamp of shifted coordinates, (-CLAMP, CLAMP)
 DEFAULT_BSIZE = 65536
 
+# Query chunks on CUDA are sized from the device's free memory: the intermediates of one chunk
+# may take at most CHUNK_FREE_FRACTION of the free memory and never more than CHUNK_MEMORY_CAP
+# (CPU chunks keep each decoder's default, sized for the caches; --bsize overrides both).
+CHUNK_MEMORY_CAP = 4 << 30
+CHUNK_FREE_FRACTION = 0.5
+MAX_CHUNK = 1 << 22
+
 
 @dataclass(frozen=True)
 class Lookup:
@@ -160,6 +167,18 @@ def sample_bilinear(img: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
 def rel_cell(cell: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Query cell in LR-cell units: cell * (h, w)."""
     return cell * torch.tensor([h, w], dtype=cell.dtype, device=cell.device)
+
+
+def device_chunk(default: int, query_bytes: Callable[[], int], device: torch.device) -> int:
+    """Queries per chunk on ``device``: ``default`` on the CPU; on CUDA as many as fit in
+    min(CHUNK_MEMORY_CAP, CHUNK_FREE_FRACTION x free memory) at ``query_bytes()`` bytes of
+    intermediates per query (called only on CUDA), never fewer than ``default``."""
+    if device.type != "cuda":
+        return default
+    free, _ = torch.cuda.mem_get_info(device)
+    budget = min(CHUNK_MEMORY_CAP, int(CHUNK_FREE_FRACTION * free))
+    n = budget // max(1, query_bytes())
+    return int(max(default, min(MAX_CHUNK, n // 1024 * 1024)))
 
 
 def stream(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], coord: torch.Tensor,

@@ -26,7 +26,7 @@ def _demo(tmp_path, *args):
 
 def test_output_line_has_timing_and_states_a_stretch(tmp_path):
     line = _demo(tmp_path, "--scale", "2")                     # 160x120 -> 320x240
-    assert re.search(r"\(320x240\) in \d+\.\d s$", line), line
+    assert re.search(r"\(320x240\) in \d+\.\d s on cpu$", line), line
     line = _demo(tmp_path, "--size", "320x120")                # x2 wide, x1 high
     assert "aspect ratio changed (x1 vertically, x2 horizontally)" in line, line
     assert "aspect" not in _demo(tmp_path, "--size", "480x360")

@@ -111,28 +111,65 @@ def scale_label(s: ScaleHW) -> str:
     return fmt(s[0]) if s[0] == s[1] else f"{fmt(s[0])}x{fmt(s[1])}"
 
 
+# --- precision -----------------------------------------------------------------------------------
+PRECISIONS = ("fp32", "bf16")  # what models.set_precision accepts
+
+
+def add_precision(parser: argparse.ArgumentParser) -> None:
+    """``--precision fp32|bf16`` of demo.py and test.py."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="bf16: the encoder (on CUDA also the latent stage) in bfloat16 autocast; "
+                        "faster on GPUs and on CPUs with bf16 units, PSNR cost in the README (default fp32)")
+
+
 # --- device --------------------------------------------------------------------------------------
-def pick_device(name: str, local_rank: int | None = None) -> "torch.device":
-    """auto (CUDA if available, else CPU), cpu, cuda or cuda:N; ``local_rank`` (torchrun) picks
-    the process's GPU. An unavailable CUDA device is a UserError."""
+def pick_device(name: str, local_rank: int | None = None, flag: str = "--device") -> "torch.device":
+    """auto (CUDA if available, else CPU), cpu, cuda or cuda:N -> a device with an index, made
+    this process's current CUDA device. ``local_rank`` (torchrun) picks the process's GPU;
+    ``flag`` is how the caller's user wrote the choice (``--device``, ``device=``), for messages.
+
+    The device returned for CUDA always carries its index: ``torch.cuda.set_device`` refuses an
+    index-less ``cuda`` (as do DDP's ``device_ids``), and the memory queries of a device must name
+    the same GPU that its tensors live on. An unavailable or absent device is a UserError.
+    """
     import torch
 
+    asked = name
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+        raise UserError(f"{flag} {asked!r} is not a device (auto, cpu, cuda, cuda:N)") from None
     if dev.type != "cuda":
         return dev
     if not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available (use --device cpu or auto)")
+        raise UserError(f"{flag} {asked}: CUDA is not available on this machine (PyTorch "
+                        f"{torch.__version__}{'' if torch.version.cuda else ', a CPU-only build'}); "
+                        f"use {flag} cpu or auto")
+    count = torch.cuda.device_count()
     if local_rank is not None:
-        dev = torch.device("cuda", local_rank)
-    if dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+        if dev.index is not None and dev.index != local_rank:
+            raise UserError(f"{flag} {asked}: under torchrun each process uses the GPU of its LOCAL_RANK "
+                            f"(here cuda:{local_rank}); pass {flag} auto or cuda")
+        index = local_rank
+    else:
+        index = torch.cuda.current_device() if dev.index is None else dev.index
+    if index >= count:
+        which = f"LOCAL_RANK {local_rank} needs cuda:{index}" if local_rank is not None else f"{flag} {asked}"
+        raise UserError(f"{which}, but this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    dev = torch.device("cuda", index)
     torch.cuda.set_device(dev)
     return dev
+
+
+def device_label(device: "torch.device") -> str:
+    """``cuda:0 (NVIDIA H200)`` or ``cpu``: the device a program runs on, for its first lines."""
+    if device.type != "cuda":
+        return str(device)
+    import torch
+
+    return f"{device} ({torch.cuda.get_device_name(device)})"
 
 
 # --- errors -> one line and an exit code -------------------------------------------------------

@@ -16,7 +16,18 @@ Steps (each a subprocess with its own timeout; a failing step does not stop the 
 * ``cmsr``    — test.py with CMSR on Set5 x8 (bundled model) on the device;
 * ``bench``   — scripts/bench_decoder.py at 320x180, x4/x8/x12, fp32 and bf16 (CUDA events,
   median of 20), LMF render fused (Triton), eager and eager under torch.compile;
-* ``encoder`` — scripts/bench_encoder.py (fp32 / bf16 / channels-last).
+* ``encoder`` — scripts/bench_encoder.py (fp32 / bf16 / channels-last);
+* ``devices`` — demo.py, test.py and train.py with their default device (no ``--device``), as a
+  GPU user runs them first: each must run, on ``cuda:0``;
+* ``precision`` — ``--precision bf16`` against fp32: end-to-end upscaling times (320x180 x4/x8/x12,
+  960x540 x2/x4; scripts/bench_upsample.py) and test.py's Set14 PSNR at x2/x3/x4;
+* ``liif``    — the official LIIF release (bundled fp16 copy) x4 from 320x180, end to end, against
+  the official LIIF code's time on the H200 (128.2 ms): query chunks sized from free memory.
+
+The summary ends with one PASS/FAIL line for each failure that the first GPU run found
+(``../shared/measurements/gpu-h200-2026-12.md``), from the steps that measure it. The exit status
+is 0 only if every step that ran passed; on a machine without CUDA, ``--device cuda`` (the default)
+is refused at once (a dry run is ``--device cpu --quick``).
 
 Writes ``<out>/summary.md`` and one log per step (``--out``, default ``$OUT/gpu_check`` when
 ``$OUT`` is set, else ``outputs/gpu_check``).
@@ -25,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import re
 import shutil
@@ -34,7 +46,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("env", "golden", "train", "cmsr", "bench", "encoder")
+STEPS = ("env", "devices", "golden", "train", "cmsr", "bench", "encoder", "precision", "liif")
+OFFICIAL_LIIF_X4_MS = 128.2  # the official LIIF code, x4 from 320x180, on the H200 (measurements file)
 
 
 def run(cmd: list[str], log: Path, timeout: float, env: dict | None = None) -> tuple[int, str, float]:
@@ -102,13 +115,28 @@ def main() -> None:
     bad = [s for s in steps if s not in STEPS]
     if bad:
         ap.error(f"unknown step {', '.join(bad)}; choose from {', '.join(STEPS)}")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            sys.exit(f"error: --device {args.device}: CUDA is not available on this machine (PyTorch "
+                     f"{torch.__version__}); for a dry run of every step on the CPU use --device cpu --quick")
     out = Path(args.out or (Path(os.environ["OUT"]) / "gpu_check" if os.environ.get("OUT") else ROOT / "outputs" / "gpu_check"))
     out.mkdir(parents=True, exist_ok=True)
     py, dev, quick = sys.executable, args.device, args.quick
     lines = [f"# gpu_check {datetime.datetime.now().isoformat(timespec='seconds')}, device {dev}"
              f"{' (quick)' if quick else ''}", ""]
 
+    failed: list[str] = []
+    verdicts: list[str] = []
+
+    def verdict(what: str, ok: bool | None, detail: str) -> None:
+        """One line of the summary's last section: a failure of the first GPU run, re-checked."""
+        verdicts.append(f"- {'PASS' if ok else ('n/a ' if ok is None else 'FAIL')} {what}: {detail}")
+
     def report(name: str, code: int, secs: float, text: str = "") -> None:
+        if code != 0:
+            failed.append(name)
         status = "ok" if code == 0 else ("TIMEOUT" if code == 124 else f"FAILED ({code})")
         lines.append(f"## {name}: {status}, {secs:.0f}s")
         if text:
@@ -126,12 +154,21 @@ def main() -> None:
                                    capture_output=True, text=True).stdout
         report("env", code, secs, "```\n" + text.strip() + "\n```")
 
+    if "devices" in steps:
+        code, text, secs = devices_step(args, out, py)
+        verdict("1. the default device runs demo/test/train", code == 0 if dev.startswith("cuda") else None,
+                text.splitlines()[-1] if text else "")
+        report("devices", code, secs, text)
+
     if "golden" in steps:
         sel = ["tests/test_golden.py", "tests/test_triton_render.py", "tests/test_train.py", "-k", "not ddp"]
         if quick:
             sel = ["tests/test_golden.py", "tests/test_triton_render.py", "-k", "48x64 or border"]
         code, text, secs = run([py, "-m", "pytest", "-q", "-rs", *sel], out / "golden.log", 400 if not quick else 900,
                                env={"LMF_TEST_DEVICE": dev})
+        cmsr_cases = re.findall(r"(PASSED|FAILED)[^\n]*cmsr|cmsr[^\n]*(PASSED|FAILED)", text)
+        verdict("2. CMSR golden cases on the device", code == 0, "golden step " + ("ok" if code == 0 else "FAILED")
+                + (f" ({len(cmsr_cases)} CMSR lines in the log)" if cmsr_cases else ""))
         report("golden", code, secs, "```\n" + "\n".join(text.strip().splitlines()[-12:]) + "\n```")
 
     if "train" in steps:
@@ -200,7 +237,71 @@ def main() -> None:
             cmd += ["--encoders", "edsr-b"]
         code, text, secs = run(cmd, out / "encoder.log", 240)
         report("encoder", code, secs, text.strip())
+    if "precision" in steps:
+        cases = "160x90:4,160x90:8" if quick else "320x180:4,320x180:8,320x180:12,960x540:2,960x540:4"
+        code, text, secs = run([py, "scripts/bench_upsample.py", "--device", dev, "--cases", cases,
+                                "--repeats", "2" if quick else "10"], out / "precision-speed.log", 240)
+        body = [text.strip()]
+        if (Path(args.data) / "benchmark" / "Set14").is_dir():
+            psnr = {}
+            for p in ("fp32", "bf16"):
+                res = out / f"precision-set14-{p}.json"
+                cmd = [py, "test.py", "--config", "configs/test/test-set14.yaml", "--model", "weights/lmliif_edsr-b_cpu.pth",
+                       "--scales", "4" if quick else "2,3,4", "--device", dev, "--precision", p, "--out", str(res)
+                       ] + (["--limit", "1"] if quick else [])
+                res.unlink(missing_ok=True)
+                c, t, s2 = run(cmd, out / f"precision-set14-{p}.log", 200, env={"LMF_DATA": str(Path(args.data).resolve())})
+                code, secs = code or c, secs + s2
+                if c == 0:
+                    psnr[p] = {m["scale"]: m["psnr"] for m in json.loads(res.read_text())["means"]}
+            if len(psnr) == 2:
+                body.append("| Set14 | fp32 dB | bf16 dB | change |\n|---|---|---|---|\n" + "\n".join(
+                    f"| x{k} | {psnr['fp32'][k]:.4f} | {psnr['bf16'][k]:.4f} | {psnr['bf16'][k] - psnr['fp32'][k]:+.4f} |"
+                    for k in psnr["fp32"]))
+        report("precision", code, secs, "\n\n".join(body))
+
+    if "liif" in steps:
+        code, text, secs = run([py, "scripts/bench_upsample.py", "--device", dev, "--model",
+                                "weights/liif_edsr-b_official_fp16.pth", "--cases", "40x30:4" if quick else "320x180:4",
+                                "--precisions", "fp32", "--repeats", "2" if quick else "10"], out / "liif.log", 200)
+        ms = re.search(r"\| x4 \| \S+ \| ([0-9.]+) \|", text)
+        if ms and not quick:
+            verdict("4. LIIF x4 from 320x180 at least as fast as the official LIIF code",
+                    float(ms.group(1)) <= OFFICIAL_LIIF_X4_MS, f"{ms.group(1)} ms vs {OFFICIAL_LIIF_X4_MS} ms")
+        report("liif", code, secs, text.strip())
+
+    if verdicts:
+        lines.extend(["## The first GPU run's failures, re-checked", "", *verdicts, ""])
+    lines.append(f"steps failed: {', '.join(failed) if failed else 'none'}")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'summary.md'}")
+    sys.exit(1 if failed else 0)
+
+
+def devices_step(args: argparse.Namespace, out: Path, py: str) -> tuple[int, str, float]:
+    """demo.py, test.py and train.py without --device: each must run, and on the GPU when there is one."""
+    folder = out / "devices"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    want = "cuda:0" if args.device.startswith("cuda") else "cpu"
+    cfg = train_config(args, folder, 1)
+    runs = {
+        "demo": [py, "demo.py", "--input", "samples/shapes.png", "--scale", "4", "--output", str(folder / "demo.png")],
+        "test": [py, "test.py", "--config", "configs/test/test-samples.yaml", "--model", "weights/lmliif_edsr-b_cpu.pth",
+                 "--scales", "4", "--limit", "1"],
+        "train": [py, "train.py", "--config", str(cfg), "--name", "default-device", "--save-root", str(folder)],
+    }
+    rows, worst, total = ["| program | exit | device | |", "|---|---|---|---|"], 0, 0.0
+    for name, cmd in runs.items():
+        code, text, secs = run(cmd, out / f"devices-{name}.log", 240)
+        if name == "train" and code == 0:
+            text += (folder / "default-device" / "log.txt").read_text()
+        on = want in text
+        ok = code == 0 and on
+        worst, total = worst or (0 if ok else (code or 1)), total + secs
+        rows.append(f"| {name} | {code} | {want if on else 'not ' + want} | {'ok' if ok else 'FAILED'} |")
+    rows.append(f"default device: {'all three ran on ' + want if worst == 0 else 'FAILED'}")
+    return worst, "\n".join(rows), total
 
 
 if __name__ == "__main__":

@@ -12,9 +12,14 @@ the CUDA branch run here:
   own parser (``torch.cuda._utils._get_device_index``), so an index-less device is refused by
   ``set_device`` exactly as on a GPU, and an ordinal past the count raises PyTorch's
   "invalid device ordinal";
-* a torch-function mode moves every tensor the program places on ``cuda``/``cuda:N`` to the CPU
-  instead, after the same checks (the program keeps its ``cuda:N`` device objects, so every
-  ``device.type == "cuda"`` branch is taken), and records where each placement asked to go;
+* a torch-function mode keeps every tensor the program places on ``cuda``/``cuda:N`` on the CPU,
+  after the same checks, but remembers it as a GPU tensor: its ``device`` says ``cuda:N`` (so
+  every ``device.type == "cuda"`` branch is taken), what is computed from it is a GPU tensor
+  too, and CUDA's rules are enforced — an operation mixing GPU and CPU tensors raises PyTorch's
+  "Expected all tensors to be on the same device", ``.numpy()`` of a GPU tensor is refused;
+* the Triton render is switched off (``LMF_TRITON_RENDER=0``, a configuration the first GPU run
+  also used): its kernels would need a real GPU (or Triton's slow interpreter), so the render
+  takes the eager CUDA path;
 * ``Tensor.cuda()``/``Module.cuda()`` raise: the project passes devices, it never hard-codes one;
 * NCCL process groups become gloo ones (after checking that the process set its device first,
   as NCCL needs), and DDP's ``device_ids`` are checked against the current device and dropped.
@@ -28,6 +33,7 @@ from __future__ import annotations
 import os
 import time
 import types
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -40,35 +46,121 @@ SITE_DIR = Path(__file__).resolve().parent / "fake_cuda_site"
 GiB = 2**30
 
 
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+# operations that may take tensors of two devices (copies between host and GPU)
+_CROSS_DEVICE = {"to", "copy_", "cpu", "__setitem__", "set_", "__get__", "__set__", "numpy", "tolist", "item",
+                 "_has_compatible_shallow_copy_type", "is_floating_point", "dim", "size", "__len__", "__repr__",
+                 "__format__", "type", "is_complex", "element_size", "data_ptr", "untyped_storage"}
+
+
 class _PlaceOnCpu(TorchFunctionMode):
-    """Every tensor placed on a (valid) CUDA device goes to the CPU; placements are recorded."""
+    """Every tensor placed on a (valid) CUDA device goes to the CPU but is remembered as a GPU
+    tensor: it reports ``device == cuda:N`` and ``is_cuda``, what is computed from it is a GPU
+    tensor too, and CUDA's own rules hold: no operation mixes GPU tensors with CPU tensors (a
+    0-dim CPU tensor excepted, as in PyTorch), ``.numpy()`` of a GPU tensor is refused."""
 
     def __init__(self, fake: "FakeCuda") -> None:
         super().__init__()
         self.fake = fake
+        self.gpu: dict[int, int] = {}  # id(tensor) -> device index, while the tensor lives
 
-    def _map(self, value: Any) -> Any:
+    # -- which tensors are "on the GPU" ---------------------------------------------------
+    def where(self, t: torch.Tensor) -> int | None:
+        return self.gpu.get(id(t))
+
+    def tag(self, out: Any, index: int) -> None:
+        for t in _tensors(out):
+            if id(t) not in self.gpu:
+                weakref.finalize(t, self.gpu.pop, id(t), None)
+            self.gpu[id(t)] = index
+
+    def _map(self, value: Any) -> tuple[Any, int | None]:
+        """A device argument -> (CPU in its place, the GPU index it named or None)."""
         if isinstance(value, str) and (value == "cuda" or value.startswith("cuda:")):
             value = torch.device(value)
         if isinstance(value, torch.device) and value.type == "cuda":
             index = self.fake.current if value.index is None else value.index
             self.fake.check_ordinal(index)
             self.fake.placements.append(index)
-            return torch.device("cpu")
-        return value
+            return torch.device("cpu"), index
+        return value, None
 
     def __torch_function__(self, func, types_, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        if func is torch.device:  # device objects stay what the program asked for
+        if func is torch.device or name == "_parse_to":  # device objects stay what the program asked for
             return func(*args, **kwargs)
         if name == "cuda":
             raise AssertionError("Tensor.cuda()/Module.cuda() called: the device must come from the inputs or --device")
         if name == "pin_memory":  # pinned memory needs a real accelerator; on the stand-in it is a no-op
             return args[0]
-        args = tuple(self._map(a) for a in args)
-        kwargs = {k: self._map(v) for k, v in kwargs.items()}
-        return func(*args, **kwargs)
+        if name in ("__get__", "__set__"):
+            return self._attribute(func, name, args, kwargs)
+        if name == "numpy" and args and self.where(args[0]) is not None:
+            raise TypeError(f"can't convert cuda:{self.where(args[0])} device type tensor to numpy. "
+                            "Use Tensor.cpu() to copy the tensor to host memory first.")
+        mapped_args, mapped_kwargs, target = [], {}, None
+        for a in args:
+            a, i = self._map(a)
+            mapped_args.append(a)
+            target = i if i is not None else target
+        for k, v in kwargs.items():
+            v, i = self._map(v)
+            mapped_kwargs[k] = v
+            target = i if i is not None else target
+        inputs = [t for v in (*args, *kwargs.values()) for t in _tensors(v)]
+        on = {self.where(t) for t in inputs if self.where(t) is not None}
+        if name not in _CROSS_DEVICE:
+            host = [t for t in inputs if self.where(t) is None and t.dim() > 0]
+            if len(on) > 1 or (on and host):
+                devs = sorted(f"cuda:{i}" for i in on) + (["cpu"] if host else [])
+                raise RuntimeError(f"Expected all tensors to be on the same device, but found at least two "
+                                   f"devices, {devs[0]} and {devs[1]}! (in {name})")
+        out = func(*mapped_args, **mapped_kwargs)
+        if target is not None:
+            if args and out is args[0] and self.where(out) != target:  # a copy to the GPU is a new tensor
+                out = out.clone()
+            self.tag(out, target)
+        elif name == "cpu" or (name == "to" and _names_cpu(args, kwargs)):
+            if out is args[0] and self.where(out) is not None:  # a copy to the host is a new tensor
+                out = out.clone()
+        elif on and name not in ("numpy", "tolist", "item", "__repr__", "__format__"):
+            self.tag(out, next(iter(on)))
+        return out
+
+    def _attribute(self, func: Any, name: str, args: Any, kwargs: Any) -> Any:
+        """Tensor attributes: ``device``/``is_cuda`` as on a GPU; ``.grad`` of a GPU tensor and
+        ``param.data = gpu_tensor`` (Module.to) keep GPU tensors GPU tensors."""
+        attr = getattr(getattr(func, "__self__", None), "__name__", "")
+        t = args[0] if args else None
+        index = self.where(t) if isinstance(t, torch.Tensor) else None
+        if name == "__set__":
+            out = func(*args, **kwargs)
+            if attr == "data" and len(args) > 1 and self.where(args[1]) is not None:
+                self.tag(t, self.where(args[1]))
+            return out
+        if index is not None and attr == "device":
+            return torch.device("cuda", index)
+        if index is not None and attr == "is_cuda":
+            return True
+        out = func(*args, **kwargs)
+        if index is not None and attr in ("grad", "data", "T", "mT", "real", "imag"):
+            self.tag(out, index)
+        return out
+
+
+def _names_cpu(args: Any, kwargs: Any) -> bool:
+    for v in (*args[1:], *kwargs.values()):
+        if isinstance(v, torch.device) and v.type == "cpu" or v == "cpu":
+            return True
+    return False
 
 
 class _Event:
@@ -209,6 +301,7 @@ class FakeCuda:
         """In-process, undone by pytest's ``monkeypatch`` (the mode is left at its teardown)."""
         for name, fn in self.functions().items():
             monkeypatch.setattr(torch.cuda, name, fn)
+        monkeypatch.setenv("LMF_TRITON_RENDER", "0")
         self._wrap_distributed(monkeypatch.setattr)
         self.mode.__enter__()
         self.active = True
@@ -224,6 +317,7 @@ class FakeCuda:
         """For the life of this process (sitecustomize)."""
         for name, fn in self.functions().items():
             setattr(torch.cuda, name, fn)
+        os.environ["LMF_TRITON_RENDER"] = "0"
         self._wrap_distributed(setattr)
         self.mode.__enter__()
 

@@ -54,8 +54,28 @@ def test_the_stand_in_refuses_what_pytorch_refuses(gpu):
     with pytest.raises(AssertionError, match="cuda()"):
         torch.zeros(2).cuda()
     x = torch.zeros(2, device=torch.device("cuda", 0))
-    assert x.device.type == "cpu" and gpu.placements == [0]
+    assert x.device == torch.device("cuda", 0) and x.is_cuda and gpu.placements == [0]
+    assert (x + 1).device.type == "cuda" and x.cpu().device.type == "cpu" and x.to("cpu").device.type == "cpu"
     assert torch.cuda.mem_get_info("cuda:0") == (gpu.free, gpu.total)
+
+
+def test_the_stand_in_enforces_cudas_device_rules(gpu):
+    x = torch.zeros(3, device="cuda")
+    with pytest.raises(RuntimeError, match="same device"):
+        x + torch.ones(3)                        # a CPU tensor with a GPU tensor
+    with pytest.raises(RuntimeError, match="same device"):
+        torch.cat([x, torch.ones(3)])
+    assert (x + torch.tensor(2.0)).is_cuda      # a 0-dim CPU tensor is allowed, as in PyTorch
+    with pytest.raises(TypeError, match="Tensor.cpu"):
+        x.numpy()
+    assert x.cpu().numpy().shape == (3,)
+    m = torch.nn.Linear(3, 2).to(torch.device("cuda", 0))
+    assert m.weight.is_cuda and m(x).is_cuda
+    with pytest.raises(RuntimeError, match="same device"):
+        m(torch.ones(3))
+    m(x).sum().backward()
+    assert m.weight.grad.is_cuda
+    torch.optim.Adam(m.parameters()).step()    # optimizer state follows its parameters
 
 
 def test_real_pytorch_refuses_an_index_less_device_too():

@@ -117,6 +117,39 @@ class Scale2Mod:
         return decode, bounds
 
 
+def level_cells(n: int, q: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """The LR cell (long, (q,)) of each of the q points along one axis of a decode level's grid.
+
+    A level's points are the LR cell centres bilinearly resized to q points (the official
+    rule): point i lies at source position s = (i + 1/2) n/q - 1/2 between the centres of cells
+    floor(s) and floor(s) + 1, so its nearest cell is floor(s + 1/2) = floor((2i + 1) n / (2q)).
+    Computed here in integers, so the cell, and with it the modulation mean that picks the
+    point's level, cannot depend on the last bits of a device's float arithmetic (the float
+    path, resize then nearest look-up, picks another cell for some points of large images, and
+    either cell at exact ties). An exact tie (s + 1/2 an integer: only when n/q is not the
+    inverse of an integer) goes to the lower cell: ceil(x) - 1 is floor(x) except at integers.
+    """
+    i = torch.arange(q, device=device, dtype=torch.int64)
+    return ((2 * i + 1) * n - 1) // (2 * q)
+
+
+def level_grid(h: int, w: int, qh: int, qw: int) -> torch.Tensor:
+    """The coordinates (1, qh*qw, 2) of a decode level's qh x qw points on an h x w LR grid,
+    computed on the CPU whatever the device (the caller moves them).
+
+    The official rule: the LR cell centres bilinearly resized. Many of these points lie exactly
+    on LR centres (every point of a level at the LR size, lattices at odd levels, the clamped
+    border band), and there the official local-ensemble weights are singular: all four areas are
+    0, so each neighbour gets 1/4, while a point one ulp away gives its own cell nearly all the
+    weight, a colour change of up to ~0.25. Whether a resized point is exactly a centre depends
+    on the rounding of the resize (a GPU's fused multiply-adds round otherwise than the CPU), so
+    the grid is made by the CPU's resize on every device: the official outputs, the same bits.
+    """
+    centres = make_coord((h, w), flatten=False).permute(2, 0, 1).unsqueeze(0)
+    grid = F.interpolate(centres, size=(qh, qw), mode="bilinear", align_corners=False, antialias=False)
+    return grid.permute(0, 2, 3, 1).reshape(1, qh * qw, 2)
+
+
 def selects(mu: torch.Tensor, i: int, first: int, last: int, bounds: list[float]) -> torch.Tensor:
     """Which modulation means ``mu`` level ``i`` renders (the official rule, kept so that
     official tables give official outputs):
@@ -206,30 +239,28 @@ class CMSR:
         n_levels = len(decode_scales)
         mu = lat.need_complexity()  # (1, 1, h, w)
         mu_flat = mu.reshape(-1)
-        # the official level grids: feat_coord bilinearly resized (clamped near the border)
-        feat_coord = make_coord((h, w), flatten=False, device=coord.device).permute(2, 0, 1).unsqueeze(0)
-
         active = [i for i in range(n_levels) if decode_scales[i] >= 1]
         first, last = (active[0], active[-1]) if active else (0, -1)
-        levels = []  # (i, qh, qw, level coords, selected indices)
+        levels = []  # (i, qh, qw, selected indices)
         cost = 0.0
         for i in active:
             d = decode_scales[i]
             qh, qw = int(h * d), int(w * d)
-            q_coord = F.interpolate(feat_coord, size=(qh, qw), mode="bilinear", align_corners=False,
-                                    antialias=False).permute(0, 2, 3, 1).reshape(1, qh * qw, 2)
-            row, col = Q.nearest_cell(q_coord, h, w)
-            m = mu_flat[(row * w + col).view(-1)]
+            # each level point's LR cell, from the grid sizes alone (see level_cells)
+            row, col = level_cells(h, qh, mu.device), level_cells(w, qw, mu.device)
+            m = mu_flat[(row.view(-1, 1) * w + col.view(1, -1)).view(-1)]
+            # nonzero: each selected point once, so the merge below writes no index twice
             idx = torch.nonzero(selects(m, i, first, last, bounds)).view(-1)
             cost += idx.numel()
-            levels.append((i, qh, qw, q_coord, idx))
+            levels.append((i, qh, qw, idx))
 
         ret = lat.inp  # (1, 3, h, w): start from the LR image, coarse to fine
         ret_flat, grid = None, None
-        for i, qh, qw, q_coord, idx in levels:
+        for i, qh, qw, idx in levels:
             if idx.numel() == 0:
                 continue
             d = decode_scales[i]
+            q_coord = level_grid(h, w, qh, qw).to(coord.device)
             pts = q_coord[:, idx]
             cell = torch.full_like(pts, 0.0)
             cell[..., 0] = 2 / qh

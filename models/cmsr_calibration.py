@@ -14,7 +14,7 @@ import torch
 from utils.coords import make_cell, make_coord
 
 from . import query as Q
-from .cmsr import TRAINING_SCALE
+from .cmsr import TRAINING_SCALE, level_cells
 
 if TYPE_CHECKING:  # pragma: no cover
     from .decoder import ImplicitDecoder
@@ -48,8 +48,9 @@ def calibrate_row(model: "ImplicitDecoder", lr_images: list[torch.Tensor], scale
         cell = make_cell((H, W), device=lr.device).unsqueeze(0) * clip
         lat = model.prepare(lr, cell)
         ref = model.decode(lat, coord, cell, bsize)[0]
-        row_idx, col_idx = Q.nearest_cell(coord, h, w)
-        mu = lat.need_complexity().reshape(-1)[(row_idx * w + col_idx).view(-1)]
+        # each target pixel's LR cell, in integers (a target grid is a level grid of H x W points)
+        row_idx, col_idx = level_cells(h, H, lr.device), level_cells(w, W, lr.device)
+        mu = lat.need_complexity().reshape(-1)[(row_idx.view(-1, 1) * w + col_idx.view(1, -1)).view(-1)]
         bins = torch.floor(mu / step).long()
         remaining = sorted(set(bins.tolist()))
         bound = 0.0  # the bound reached so far for this image (a level passing nothing keeps it)

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from utils.errors import UserError
@@ -109,6 +111,25 @@ def scale_label(s: ScaleHW) -> str:
     def fmt(x: float) -> str:
         return f"{x:.10g}"
     return fmt(s[0]) if s[0] == s[1] else f"{fmt(s[0])}x{fmt(s[1])}"
+
+
+# --- outputs -------------------------------------------------------------------------------------
+def output_path(path: str | os.PathLike, overwrite: bool = False, flag: str = "--output",
+                what: str = "output") -> Path:
+    """The one rule for every file a program writes for its user (demo, test.py --out, export,
+    scripts): an existing file is refused unless ``overwrite`` (nothing is ever lost without an
+    explicit request), a folder given where a file is meant is refused, and missing parent
+    folders are created. Returns the path; the caller writes it atomically (utils.atomic)."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{flag} {p}: is a folder; give a file name")
+    if p.exists() and not overwrite:
+        raise UserError(f"{flag} {p}: the {what} exists; pass --overwrite to replace it, or choose another name")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{flag} {p}: cannot create the folder {p.parent}: {e.strerror or e}") from None
+    return p
 
 
 # --- precision -----------------------------------------------------------------------------------

@@ -53,8 +53,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from utils.atomic import write_text_atomic
-from utils.cli import (Parser, ScaleHW, add_precision, device_name, non_negative_int, parse_scales, pick_device,
-                       positive_float, positive_int, run_main, scale_label)
+from utils.cli import (Parser, ScaleHW, add_overwrite, add_precision, check_output, device_name, no_torch_message,
+                       non_negative_int, output_path, parse_scales, pick_device, positive_float, positive_int, run_main,
+                       scale_label)
 from utils.errors import UserError
 
 # torch, models and datasets are imported inside the functions, after the arguments are parsed,
@@ -80,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_precision(p)
     p.add_argument("--bsize", type=positive_int, default=None, help="queries per decoding chunk (default: the model's)")
     p.add_argument("--cmsr", metavar="TABLE", default=None, help="enable CMSR with this Scale2Mod table (YAML)")
-    p.add_argument("--save-dir", default=None, help="write SR images as <dir>/x<scale>/<stem>.png")
-    p.add_argument("--out", default=None, help="write per-image results and means (.json or .csv)")
+    p.add_argument("--save-dir", default=None, help="write SR images as <dir>/x<scale>/<stem>.png (folders created)")
+    p.add_argument("--out", default=None, help="write per-image results and means (.json or .csv; folders created)")
+    add_overwrite(p, "--out file or --save-dir image")
     p.add_argument("--scale-max", type=lambda t: positive_float(t, "--scale-max"), default=4.0, help="training scale: cells are enlarged by max(s/scale_max, 1) (default 4)")
     p.add_argument("--window", type=non_negative_int, default=0, help="official SwinIR test padding to a multiple of WINDOW (8); default 0 = off")
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N images (per scale)")
@@ -147,7 +149,10 @@ def build_runs(cfg: dict, config_path: str, scales: list[ScaleHW] | None) -> lis
 
     td = cfg["test_dataset"]
     eval_type = cfg.get("eval_type")
-    parse_eval_type(eval_type)  # fail early on an unknown eval type
+    try:  # fail early on an unknown eval type, naming the file it is in
+        parse_eval_type(eval_type)
+    except UserError as e:
+        raise UserError(f"{config_path}: eval_type: {e}") from None
     wrapper = td.get("wrapper")
     if wrapper is not None and (wrapper.get("args") or {}).get("sample_q") is not None:
         raise UserError(f"{config_path}: test_dataset.wrapper.args.sample_q: evaluation needs the "
@@ -330,7 +335,19 @@ class Outputs:
     save_dir: Path | None
     roots: list[Path]              # dataset folders: nothing is written inside them
     input_files: set[str]          # resolved paths of every input image
+    overwrite: bool = False        # --overwrite: existing result files and SR images may be replaced
     written: set[Path] = field(default_factory=set)
+
+    def sr_path(self, name: str, label: str, taken: set[Path] | None = None) -> Path:
+        """``<save-dir>/x<label>/<stem>.png``, or ``<stem>_<ext>.png`` when another image of the
+        same stem already took that name (a.png and a.jpg in one folder: both are kept)."""
+        assert self.save_dir is not None
+        taken = self.written if taken is None else taken
+        dest = self.save_dir / f"x{label}" / f"{Path(name).stem}.png"
+        if dest in taken:
+            dest = dest.with_name(f"{Path(name).stem}_{Path(name).suffix.lstrip('.')}.png")
+        taken.add(dest)
+        return dest
 
 
 def check_outputs(args: argparse.Namespace, runs: list[Run]) -> Outputs:
@@ -345,33 +362,33 @@ def check_outputs(args: argparse.Namespace, runs: list[Run]) -> Outputs:
             raise UserError(f"--save-dir {save_dir} exists and is not a folder")
     if out_path is not None:
         check_not_in_dataset(out_path, roots, "--out")
-        if out_path.is_dir():
-            raise UserError(f"--out {out_path} is a folder")
+        check_output(out_path, args.overwrite, "--out", "results file")  # before any image is evaluated
     input_files: set[str] = set()
     for run_ in runs:
         inner = getattr(run_.dataset, "dataset", None)
         for ds in (inner, getattr(inner, "dataset_1", None), getattr(inner, "dataset_2", None)):
             input_files.update(str(p.resolve()) for p in getattr(ds, "files", []) or [])
-    return Outputs(out_path, save_dir, roots, input_files)
+    outputs = Outputs(out_path, save_dir, roots, input_files, args.overwrite)
+    if save_dir is not None:  # the SR images whose names are known now (a run with a fixed scale)
+        taken: set[Path] = set()
+        for run_ in runs:
+            label = run_.label
+            if label is None:  # the wrapper decides each image's scale: checked when it is written
+                continue
+            for name in run_.names:
+                check_output(outputs.sr_path(name, label, taken), args.overwrite, "--save-dir", "SR image")
+    return outputs
 
 
 def save_sr(outputs: Outputs, name: str, label: str, sr: torch.Tensor) -> None:
     """``<save-dir>/x<label>/<stem>.png``; never into a dataset folder or over an input image."""
     from utils.images import save_image
 
-    assert outputs.save_dir is not None
-    dest = outputs.save_dir / f"x{label}" / f"{Path(name).stem}.png"
-    if dest in outputs.written:  # a.png and a.jpg in one folder: keep both
-        dest = dest.with_name(f"{Path(name).stem}_{Path(name).suffix.lstrip('.')}.png")
-    outputs.written.add(dest)
+    dest = outputs.sr_path(name, label)
     check_not_in_dataset(dest, outputs.roots, "output image")
     if str(dest.resolve()) in outputs.input_files:
         raise UserError(f"refusing to overwrite input image {dest}")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create {dest.parent}: {e.strerror or e}") from None
-    save_image(sr, dest)
+    save_image(sr, output_path(dest, outputs.overwrite, "--save-dir", "SR image"))
 
 
 def evaluate_item(model: ImplicitDecoder | None, run_: Run, i: int, opt: Options,
@@ -436,11 +453,8 @@ def write_results(args: argparse.Namespace, out_path: Path, runs: list[Run], mea
     records = [r for run_ in runs for r in run_.records]
     meta = {"model": args.model, "config": args.config, "device": str(device),
             "scale_max": args.scale_max, "window": args.window, "cmsr": args.cmsr}
-    try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot write {out_path}: {e.strerror or e}") from None
-    write_text_atomic(out_path, results_text(out_path, records, means, meta))
+    write_text_atomic(output_path(out_path, args.overwrite, "--out", "results file"),
+                      results_text(out_path, records, means, meta))
     print(f"# results written to {out_path}")
 
 
@@ -490,7 +504,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     return run_main(lambda: run(argv),
                     out_of_memory="out of memory while decoding; pass a smaller --bsize (queries per chunk)",
-                    interrupted="error: interrupted")
+                    interrupted="error: interrupted", no_torch=no_torch_message("test.py"))
 
 
 if __name__ == "__main__":

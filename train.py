@@ -28,7 +28,12 @@ from dataclasses import dataclass
 from typing import Any, Sized
 
 import numpy as np
-import torch
+
+try:  # a machine with only the ONNX runner's packages: one line, not a ModuleNotFoundError
+    import torch
+except ModuleNotFoundError:
+    from utils.cli import exit_without_torch
+    exit_without_torch("train.py")
 import torch.distributed as dist
 import torch.nn as nn
 import yaml

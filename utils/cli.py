@@ -21,7 +21,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, NoReturn
 
 from utils.errors import UserError
 
@@ -120,16 +120,45 @@ def output_path(path: str | os.PathLike, overwrite: bool = False, flag: str = "-
     scripts): an existing file is refused unless ``overwrite`` (nothing is ever lost without an
     explicit request), a folder given where a file is meant is refused, and missing parent
     folders are created. Returns the path; the caller writes it atomically (utils.atomic)."""
-    p = Path(path)
-    if p.is_dir():
-        raise UserError(f"{flag} {p}: is a folder; give a file name")
-    if p.exists() and not overwrite:
-        raise UserError(f"{flag} {p}: the {what} exists; pass --overwrite to replace it, or choose another name")
+    p = check_output(path, overwrite, flag, what)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"{flag} {p}: cannot create the folder {p.parent}: {e.strerror or e}") from None
     return p
+
+
+def check_output(path: str | os.PathLike, overwrite: bool = False, flag: str = "--output",
+                 what: str = "output") -> Path:
+    """:func:`output_path`'s refusals without creating anything: for a program that checks its
+    outputs before long work and creates their folders only when it writes (nothing is left
+    behind by a run that fails)."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{flag} {p}: is a folder; give a file name")
+    if p.exists() and not overwrite:
+        raise UserError(f"{flag} {p}: the {what} exists; pass --overwrite to replace it, or choose another name")
+    return p
+
+
+def add_overwrite(parser: argparse.ArgumentParser, what: str = "output file", *aliases: str) -> None:
+    """``--overwrite`` (plus ``aliases``, e.g. an older ``--force``): replace existing outputs,
+    the one explicit request that :func:`output_path` accepts."""
+    parser.add_argument("--overwrite", *aliases, action="store_true", dest="overwrite",
+                        help=f"replace an existing {what} (without it, an existing one is refused)")
+
+
+def no_torch_message(program: str, alternative: str = "") -> str:
+    """What a program says on a machine without PyTorch (for example one with only the ONNX
+    runner's packages) instead of a ModuleNotFoundError; ``alternative``: what works there."""
+    return (f"{program} needs PyTorch, which is not installed here (install it as the README's Set-up "
+            f"says){'; ' + alternative if alternative else ''}")
+
+
+def exit_without_torch(program: str, alternative: str = "") -> NoReturn:
+    """For a script that imports torch at its top: the one line of :func:`no_torch_message`, exit 2."""
+    print(f"error: {no_torch_message(program, alternative)}", file=sys.stderr)
+    sys.exit(EXIT_ERROR)
 
 
 # --- precision -----------------------------------------------------------------------------------
@@ -211,10 +240,11 @@ def _is_out_of_memory(e: BaseException) -> bool:
     return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
 
 
-def run_main(body: Callable[[], object], out_of_memory: str, interrupted: str) -> int:
+def run_main(body: Callable[[], object], out_of_memory: str, interrupted: str, no_torch: str | None = None) -> int:
     """Run an entry script's ``body``: 0 on success; a :class:`UserError` (bad argument, config,
     file, ...) -> ``error: <one line>`` and 2; running out of memory -> ``error: <out_of_memory>``
-    and 2; Ctrl-C -> ``<interrupted>`` and 130. Anything else is a bug and keeps its traceback."""
+    and 2; Ctrl-C -> ``<interrupted>`` and 130; torch missing (imported inside ``body``) ->
+    ``error: <no_torch>`` and 2 when given. Anything else is a bug and keeps its traceback."""
     try:
         body()
     except UserError as e:
@@ -224,6 +254,9 @@ def run_main(body: Callable[[], object], out_of_memory: str, interrupted: str) -
         print(interrupted, file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:
+        if no_torch is not None and isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "torch":
+            print(f"error: {no_torch}", file=sys.stderr)
+            return EXIT_ERROR
         if not _is_out_of_memory(e):
             raise
         print(f"error: {out_of_memory}", file=sys.stderr)

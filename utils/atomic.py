@@ -43,6 +43,23 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object], w
     _fsync_folder(path.parent)
 
 
+def publish(tmp: str | os.PathLike, path: str | os.PathLike, what: str = "") -> None:
+    """Move a finished temporary sibling (:func:`temp_sibling`) into place for a writer that cannot
+    write through a file object (e.g. a video muxer that opens its own file): the file is fsynced,
+    renamed over ``path`` and the folder entry fsynced, as :func:`write_atomic` does."""
+    tmp, path = Path(tmp), Path(path)
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"cannot write {what + ' ' if what else ''}{path}: {e.strerror or e}") from None
+    _fsync_folder(path.parent)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str, what: str = "") -> None:
     """:func:`write_atomic` for UTF-8 text (newlines written as given)."""
     write_atomic(path, lambda f: f.write(text.encode("utf-8")), what)

@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from utils.cli import output_path
 from utils.errors import UserError
 from utils.progress import Progress
 from utils.video import Encoding, Timings, VideoReader, VideoWriter, fit_size, partial_name, remove_stale_temps, transcode
@@ -35,7 +36,8 @@ def frame_upsampler(model: ImplicitDecoder, size: tuple[int, int], bsize: int | 
     dev = next(model.parameters()).device
 
     def process(frames: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(frames).to(dev).permute(0, 3, 1, 2).float().div_(255)
+        # NCHW in memory, as the per-image path has it (a permuted view would run the encoder channels-last)
+        x = torch.from_numpy(frames).to(dev).permute(0, 3, 1, 2).contiguous().float().div_(255)
         out = upsample(model, x, size, bsize=bsize, cmsr=cmsr, stats=stats)
         out = out.mul_(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
         return out.cpu().numpy()
@@ -77,7 +79,7 @@ def upscale_video(load: Callable[[], tuple[ImplicitDecoder, CMSR | None]], src: 
         batch = batch or (CUDA_BATCH if dev.type == "cuda" else 1)
         stale = remove_stale_temps(dst)
         stats: dict = {}
-        writer = VideoWriter(reader, dst, (H, W), enc)
+        writer = VideoWriter(reader, output_path(dst, overwrite, "--output", "output video"), (H, W), enc)
         total = reader.stream.frames or (round(reader.expected * float(reader.rate)) if reader.expected else None)
         bar = Progress(total, "frame", desc=f"{src.name} -> {W}x{H}")
         try:

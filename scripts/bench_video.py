@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -43,6 +44,7 @@ from utils.cli import PRECISIONS, pick_device  # noqa: E402
 from utils.video import Encoding, VideoReader, check_encoding  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "weights" / "lmliif_edsr-b_cpu.pth"
+T = TypeVar("T")
 
 
 def parse_cases(text: str) -> list[tuple[tuple[int, int], str]]:
@@ -61,6 +63,11 @@ def target_size(h: int, w: int, target: str) -> tuple[int, int]:
         W, H = (int(v) for v in target.lower().split("x"))
         return H, W
     return round(h * float(target)), round(w * float(target))
+
+
+def fixed(value: T) -> Callable[..., T]:
+    """A function of any arguments that returns ``value`` (the model loader, the output size)."""
+    return lambda *_: value
 
 
 def main() -> None:
@@ -97,8 +104,7 @@ def main() -> None:
                 for src, name in ((warm, f"warm_{W}x{H}_{precision}.mp4"), (clip, f"out_{W}x{H}_{precision}.mp4")):
                     dst = folder / name
                     dst.unlink(missing_ok=True)
-                    info = upscale_video(lambda m=model: (m, None), src, dst, lambda _h, _w, s=(H, W): s, enc,
-                                         batch=batch)
+                    info = upscale_video(fixed((model, None)), src, dst, fixed((H, W)), enc, batch=batch)
                 # the model alone on the same decoded frames
                 reader = VideoReader(clip)
                 frames = [rgb for _, rgb in reader.frames()]

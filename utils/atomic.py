@@ -8,6 +8,7 @@ or the new one, never a partial file; the temporary file is removed on any error
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -58,6 +59,24 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike, what: str = "") -> 
     except OSError as e:
         raise UserError(f"cannot write {what + ' ' if what else ''}{path}: {e.strerror or e}") from None
     _fsync_folder(path.parent)
+
+
+def stale_temps(folder: str | os.PathLike, names: set[str] | frozenset[str]) -> list[Path]:
+    """The temporary siblings (:func:`temp_sibling`) of the files ``names`` in ``folder`` that a
+    killed writer left behind: ``.tmp-XXXXXXXX-NAME``, a pattern only this module makes. A program
+    about to write those files again removes them (a video's can be large)."""
+    folder = Path(folder)
+    pattern = re.compile(re.escape(TMP_PREFIX) + r"[0-9a-f]{8}-(.+)")
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    out = []
+    for e in entries:
+        m = pattern.fullmatch(e.name)
+        if m and m.group(1) in names and e.is_file(follow_symlinks=False):
+            out.append(Path(e.path))
+    return out
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, what: str = "") -> None:

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from utils.atomic import TMP_PREFIX, publish, temp_sibling
+from utils.atomic import publish, stale_temps, temp_sibling
 from utils.errors import UserError
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
@@ -289,15 +289,10 @@ def fit_size(H: int, W: int, pix_fmt: str) -> tuple[int, int]:
 
 
 def remove_stale_temps(path: Path) -> list[Path]:
-    """Temporary siblings of ``path`` (``.tmp-XXXXXXXX-NAME``, written by :mod:`utils.atomic` and
-    this module only) that a killed run left behind: a video's can be large, so they go."""
-    pattern = re.compile(re.escape(TMP_PREFIX) + r"[0-9a-f]{8}-" + re.escape(path.name))
-    gone = []
-    if path.parent.is_dir():
-        for p in path.parent.iterdir():
-            if pattern.fullmatch(p.name) and p.is_file():
-                p.unlink(missing_ok=True)
-                gone.append(p)
+    """Remove the temporary files of ``path`` that a killed run left (:func:`utils.atomic.stale_temps`)."""
+    gone = stale_temps(path.parent, {path.name})
+    for p in gone:
+        p.unlink(missing_ok=True)
     return gone
 
 

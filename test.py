@@ -57,6 +57,9 @@ from utils.cli import (Parser, ScaleHW, add_overwrite, add_precision, check_outp
                        non_negative_int, output_path, parse_scales, pick_device, positive_float, positive_int, run_main,
                        scale_label)
 from utils.errors import UserError
+from utils.profile import Profile, phase
+
+STARTED = time.perf_counter()  # the profile's wall clock starts here (before torch is imported)
 
 # torch, models and datasets are imported inside the functions, after the arguments are parsed,
 # so that --help and argument errors answer at once.
@@ -87,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale-max", type=lambda t: positive_float(t, "--scale-max"), default=4.0, help="training scale: cells are enlarged by max(s/scale_max, 1) (default 4)")
     p.add_argument("--window", type=non_negative_int, default=0, help="official SwinIR test padding to a multiple of WINDOW (8); default 0 = off")
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N images (per scale)")
+    p.add_argument("--profile", action="store_true",
+                   help="print where the wall time went: start-up, reading, encoder, latent, render, CMSR, metrics, writing")
     return p
 
 
@@ -227,7 +232,8 @@ class Options:
 
 def super_resolve(model: ImplicitDecoder | None, item: dict, scale: ScaleHW | None, opt: Options,
                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor, ScaleHW, dict]:
-    """One sample -> (SR (3, H, W) in [0, 1] on the CPU, HR (3, H, W), scale used, stats)."""
+    """One sample -> (SR (3, H, W) in [0, 1] on the model's device, HR (3, H, W) on the CPU, scale
+    used, stats)."""
     from models.inference import predict
     from utils.coords import make_cell, make_coord
 
@@ -256,7 +262,7 @@ def super_resolve(model: ImplicitDecoder | None, item: dict, scale: ScaleHW | No
         coord = item["coord"].unsqueeze(0).to(device)
         cell = item["cell"].unsqueeze(0).to(device)
         pred = predict(model, inp, coord, cell, **kw).view(H, W, 3)
-    sr = pred.permute(2, 0, 1).float().cpu().contiguous()
+    sr = pred.permute(2, 0, 1).float()
     return sr, hr, s, stats
 
 
@@ -398,14 +404,17 @@ def evaluate_item(model: ImplicitDecoder | None, run_: Run, i: int, opt: Options
 
     name = run_.names[i]
     try:
-        item = run_.dataset[i]
+        with phase("reading"):  # the image files, the bicubic LR, the query grid
+            item = run_.dataset[i]
     except UserError as e:  # name the image when the dataset's message does not
         raise (e if name in str(e) else UserError(f"{name}: {e}")) from None
     sr, hr, s, stats = super_resolve(model, item, run_.scale, opt, device)
     label = run_.label or scale_label((round(s[0], 4), round(s[1], 4)))
     try:
-        p = psnr(sr, hr, run_.eval_type, scale=_metric_scale(s))
-        q = ssim(sr, hr, run_.eval_type, scale=_metric_scale(s))
+        with phase("metrics"):  # on the model's device: the HR crop goes there, only the numbers come back
+            hr = hr.to(sr.device)
+            p = psnr(sr, hr, run_.eval_type, scale=_metric_scale(s))
+            q = ssim(sr, hr, run_.eval_type, scale=_metric_scale(s))
     except ValueError as e:
         raise UserError(f"{name} at x{label}: {e}") from None
     skipped = None if opt.cmsr is None else float(stats.get("cmsr_skipped_fraction", 0.0))
@@ -430,7 +439,8 @@ def evaluate(runs: list[Run], model: ImplicitDecoder | None, opt: Options, devic
                 rec, sr = evaluate_item(model, run_, i, opt, device)
                 run_.records.append(rec)
                 if outputs.save_dir is not None:
-                    save_sr(outputs, rec["image"], rec["scale"], sr)
+                    with phase("writing"):
+                        save_sr(outputs, rec["image"], rec["scale"], sr.cpu())
                 bar.set_postfix(psnr=f"{_mean([r['psnr'] for r in run_.records]):.4f}")
                 tqdm.write(_row(rec["image"], f"x{rec['scale']}", rec["psnr"], rec["ssim"], rec["cmsr_skipped"]),
                            file=sys.stdout)
@@ -487,17 +497,24 @@ def set_up(args: argparse.Namespace) -> tuple[list[Run], Outputs, Options, torch
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    runs, outputs, opt, device, model = set_up(args)
-    kind = "Pillow bicubic baseline" if model is None else type(model).__name__
-    print(f"# model {args.model} ({kind}) on {device}; config {args.config}", flush=True)
-    print(f"# {'image':<22} {'scale':>8} {'PSNR':>9} {'SSIM':>8}" + (f" {'skipped':>9}" if opt.cmsr else ""),
-          flush=True)
-    t0 = time.perf_counter()
-    evaluate(runs, model, opt, device, outputs, args.limit)
-    means = summarise(runs)
-    print_means(means, time.perf_counter() - t0, opt.cmsr is not None)
-    if outputs.out_path is not None:
-        write_results(args, outputs.out_path, runs, means, device)
+    with Profile() as prof:
+        prof.start = STARTED
+        with phase("start-up"):  # torch, the config, the dataset index, the weights
+            runs, outputs, opt, device, model = set_up(args)
+        prof.device = device
+        kind = "Pillow bicubic baseline" if model is None else type(model).__name__
+        print(f"# model {args.model} ({kind}) on {device}; config {args.config}", flush=True)
+        print(f"# {'image':<22} {'scale':>8} {'PSNR':>9} {'SSIM':>8}" + (f" {'skipped':>9}" if opt.cmsr else ""),
+              flush=True)
+        t0 = time.perf_counter()
+        evaluate(runs, model, opt, device, outputs, args.limit)
+        means = summarise(runs)
+        print_means(means, time.perf_counter() - t0, opt.cmsr is not None)
+        if outputs.out_path is not None:
+            with phase("writing"):
+                write_results(args, outputs.out_path, runs, means, device)
+    if args.profile:
+        print(prof.report("test.py time breakdown"))
     return 0
 
 

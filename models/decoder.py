@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from . import query as Q
 from utils.cli import PRECISIONS
+from utils.profile import phase
 
 from .encoders.base import Encoder
 
@@ -101,14 +102,17 @@ class ImplicitDecoder(nn.Module):
     # -- composition ----------------------------------------------------------------------
     def prepare(self, inp: torch.Tensor, cell: torch.Tensor, feat: torch.Tensor | None = None) -> Latent:
         """Encoder (unless its output ``feat`` is given) and latent stage."""
-        feat = self.encode(inp) if feat is None else feat
+        if feat is None:
+            with phase("encoder"):
+                feat = self.encode(inp)
         dev = inp.device.type
-        if self.precision == "bf16" and dev in BF16_LATENT_DEVICES and not _autocast_on(dev):
-            # on a GPU the per-cell MLPs are worth bf16 too; their tables go back to fp32 for the render
-            with torch.autocast(dev, dtype=torch.bfloat16):
-                lat = self.latent(feat, inp, cell)
-            return lat.as_float()
-        return self.latent(feat, inp, cell)
+        with phase("latent"):
+            if self.precision == "bf16" and dev in BF16_LATENT_DEVICES and not _autocast_on(dev):
+                # on a GPU the per-cell MLPs are worth bf16 too; their tables go back to fp32 for the render
+                with torch.autocast(dev, dtype=torch.bfloat16):
+                    lat = self.latent(feat, inp, cell)
+                return lat.as_float()
+            return self.latent(feat, inp, cell)
 
     def query(self, lat: Latent, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         out = self.render(lat, coord, cell)
@@ -121,7 +125,8 @@ class ImplicitDecoder(nn.Module):
         check_queries(lat.inp, coord, cell)
         if self.training and bsize is None:
             return self.query(lat, coord, cell)
-        return Q.stream(lambda c, ce: self.query(lat, c, ce), coord, cell, bsize or self.chunk_size(lat))
+        with phase("render"):
+            return Q.stream(lambda c, ce: self.query(lat, c, ce), coord, cell, bsize or self.chunk_size(lat))
 
     def chunk_size(self, lat: Latent) -> int:
         """Queries per chunk when the caller gives no ``bsize``: the decoder's default on the CPU,

@@ -1,0 +1,63 @@
+"""The time breakdown (utils/profile.py) and test.py --profile."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from utils.profile import Profile, phase
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_phases_are_exclusive_and_add_up_to_the_wall_time():
+    with Profile() as prof:
+        with phase("outer"):
+            time.sleep(0.05)
+            with phase("inner"):
+                time.sleep(0.1)
+            with phase("inner"):
+                time.sleep(0.02)
+        time.sleep(0.03)  # in no phase: "other"
+    assert prof.seconds["inner"] == pytest.approx(0.12, abs=0.04)
+    assert prof.seconds["outer"] == pytest.approx(0.05, abs=0.04)  # without its inner phases
+    assert prof.calls == {"outer": 1, "inner": 2}
+    assert sum(prof.seconds.values()) <= prof.wall
+    report = prof.report()
+    other = float(re.search(r"other\s+([0-9.]+) s", report).group(1))
+    assert sum(prof.seconds.values()) + other == pytest.approx(prof.wall, abs=1e-3)
+
+
+def test_phase_without_a_profile_does_nothing():
+    with phase("encoder"):
+        pass
+    with Profile() as prof:
+        pass
+    assert prof.seconds == {}
+
+
+def _rows(text: str) -> dict[str, float]:
+    return {m.group(1).strip(): float(m.group(2)) for m in re.finditer(r"^#   (\S[^\n]*?)\s+([0-9.]+) s\s+[0-9.]+ %$",
+                                                                          text, re.M)}
+
+
+def test_test_script_profile_covers_every_part(tmp_path):
+    """On the shipped samples at x8 with CMSR: every part has a row, the rows add up to the
+    wall time, and the model's share is stated."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "test.py", "--config", "configs/test/test-samples.yaml",
+                        "--model", "weights/lmliif_edsr-b_cpu.pth", "--scales", "8", "--limit", "2", "--device", "cpu",
+                        "--cmsr", "weights/cmsr_lmliif_edsr-b_cpu.yaml", "--profile"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = _rows(r.stdout)
+    for name in ("start-up", "reading", "encoder", "latent", "render", "cmsr bookkeeping", "metrics", "other"):
+        assert name in rows, (name, r.stdout)
+    wall = float(re.search(r"time breakdown \(wall ([0-9.]+) s", r.stdout).group(1))
+    assert sum(rows.values()) == pytest.approx(wall, rel=0.02, abs=0.01)
+    assert re.search(r"wall / model = [0-9.]+", r.stdout)

@@ -255,6 +255,8 @@ def check_encoding(enc: Encoding) -> Encoding:
         av.VideoFormat(enc.pix_fmt)
     except (ValueError, av.FFmpegError):
         raise UserError(f"--pix-fmt {enc.pix_fmt!r} is not a pixel format (e.g. yuv420p, yuv444p)") from None
+    if enc.crf is not None and not enc.crf >= 0:
+        raise UserError(f"--crf {enc.crf:g}: the quality must be a number >= 0 (lower is better)")
     defaults = CRF_CODECS.get(enc.codec)
     if defaults is None:
         for flag, value in (("--crf", enc.crf), ("--preset", enc.preset)):
@@ -285,7 +287,7 @@ def chroma_step(pix_fmt: str) -> tuple[int, int]:
 def fit_size(H: int, W: int, pix_fmt: str) -> tuple[int, int]:
     """The nearest size the pixel format can hold (each side a multiple of its chroma step)."""
     sy, sx = chroma_step(pix_fmt)
-    return max(sy, sy * round(H / sy)), max(sx, sx * round(W / sx))
+    return max(sy, sy * int(H / sy + 0.5)), max(sx, sx * int(W / sx + 0.5))  # halves up: 45 -> 46, 75 -> 76
 
 
 def remove_stale_temps(path: Path) -> list[Path]:

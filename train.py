@@ -369,8 +369,11 @@ def load_resume(args: argparse.Namespace) -> dict | None:
     name = args.name or (_default_name(args.config) if args.config else None)
     path = args.resume if args.resume != "auto" else os.path.join(args.save_root, name or "", "epoch-last.pth")
     if args.resume == "auto" and not os.path.exists(path):
-        raise UserError(f"nothing to resume: {path} does not exist (no epoch was completed yet?); "
-                        "run without --resume to start from scratch")
+        folder = os.path.dirname(path)
+        state = ("its run completed no epoch, so there is no checkpoint" if os.path.isdir(folder)
+                 else "there is no such run")
+        raise UserError(f"nothing to resume: {path} does not exist ({state}); the same command without --resume "
+                        f"starts the run (over) in {folder}")
     ckpt = load_checkpoint(path, map_location="cpu")
     if not {"model", "optimizer", "epoch", "config"} <= set(ckpt):
         raise UserError(f"{path} cannot be resumed: it lacks the training state "
@@ -405,15 +408,25 @@ def _run_files(folder: str) -> list[str]:
     return found
 
 
-def check_fresh_folder(folder: str, overwrite: bool) -> None:
-    """A new run must not write into a folder that holds another run's files (checkpoints, log)."""
+def checkpoints_in(folder: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(glob.escape(folder), "epoch-*.pth")))
+
+
+def check_fresh_folder(folder: str, overwrite: bool) -> bool:
+    """A new run must not write into a folder that holds another run's checkpoints. A folder whose
+    run completed no epoch (interrupted or failed during its first: a log, config and TensorBoard
+    files but no checkpoint) holds nothing to resume, so the run starts over in it (its log is
+    continued; its TensorBoard events are replaced). Returns whether that is the case."""
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UserError(f"run folder {folder} exists and is not a folder")
     found = _run_files(folder) if os.path.isdir(folder) else []
+    if found and not checkpoints_in(folder):
+        return True
     if found and not overwrite:
         shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
         raise UserError(f"run folder {folder} already holds a run ({shown}); continue it with --resume, "
                         "start a separate run with --name NEW_NAME, or replace it with --overwrite")
+    return False
 
 
 def clear_run_folder(folder: str) -> list[str]:
@@ -613,16 +626,33 @@ def run(args: argparse.Namespace) -> None:
     cfg = choose_config(args, resume_ckpt)
     folder = os.path.join(args.save_root, args.name or _default_name(args.config or "run"))
     amp = choose_amp(args.amp, procs.device)  # refused before anything is written
+    restart = False
     if resume_ckpt is None:
-        check_fresh_folder(folder, args.overwrite)  # nothing in the folder changes before this check
+        restart = check_fresh_folder(folder, args.overwrite)  # nothing in the folder changes before this check
     log = Log(folder if procs.rank == 0 else None)  # prints now; log.txt once the folder is made
+    if restart:
+        log(f"starting over in {folder}: its previous run completed no epoch (no checkpoint to resume)")
     trainer, epoch_start = make_trainer(args, procs, cfg, folder, log, resume_ckpt, amp)
     resume_step = (epoch_start - 1) * iters_per_epoch(cfg, trainer.train_loader) + 1 if resume_ckpt else None
-    prepare_folder(folder, cfg, procs.rank, log, args.overwrite and resume_ckpt is None, resume_step)
-    trainer.fit(epoch_start)
+    # a run started over drops the TensorBoard events of the attempt that completed no epoch
+    prepare_folder(folder, cfg, procs.rank, log, args.overwrite and resume_ckpt is None and not restart,
+                   1 if restart else resume_step)
+    try:
+        trainer.fit(epoch_start)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(_interrupted(trainer.last_saved, folder)) from None
     if procs.world > 1:
         check_replicas(trainer.model, procs, log)
     log.close()
+
+
+def _interrupted(last_saved: int, folder: str) -> str:
+    """What an interrupted run says: what is saved and the command that continues."""
+    if last_saved > 0:
+        return (f"interrupted: epoch {last_saved} is the last completed one, saved in "
+                f"{os.path.join(folder, 'epoch-last.pth')}; continue with the same command and --resume")
+    return (f"interrupted before the first epoch ended: no checkpoint was written; the same command (without "
+            f"--resume) starts the run over in {folder}")
 
 
 def _diverged(what: str, last_saved: int, folder: str) -> str:
@@ -664,8 +694,8 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     return run_main(lambda: run(build_parser().parse_args(argv)),
                     out_of_memory="out of memory; lower batch_size, inp_size or sample_q (or use --amp bf16 on "
-                    "CUDA); the last completed epoch is in epoch-last.pth (resume with --resume)",
-                    interrupted="interrupted: the last completed epoch is in epoch-last.pth (resume with --resume)")
+                    "CUDA); a completed epoch, if any, is in the run's epoch-last.pth (continue with --resume)",
+                    interrupted="interrupted before training started: nothing new was saved")
 
 
 if __name__ == "__main__":

@@ -250,8 +250,8 @@ def run_main(body: Callable[[], object], out_of_memory: str, interrupted: str, n
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print(interrupted, file=sys.stderr)
+    except KeyboardInterrupt as e:  # one re-raised with a message says what was kept (train.py)
+        print(e.args[0] if e.args and isinstance(e.args[0], str) else interrupted, file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:
         if no_torch is not None and isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "torch":

@@ -28,6 +28,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.atomic import write_atomic, write_text_atomic  # noqa: E402
+from utils.cli import add_overwrite, output_path  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+
 
 def worker(args: argparse.Namespace) -> None:
     import torch
@@ -181,7 +185,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int)
     ap.add_argument("--cmsr-model", help="trained LMF checkpoint for the CMSR rows")
     ap.add_argument("--cmsr", help="its Scale2Mod table")
-    ap.add_argument("--out", default="bench_efficiency.md")
+    ap.add_argument("--out", default="outputs/bench_efficiency.md",
+                    help="the table (and its plot, .png beside it); folders are created (default: %(default)s)")
+    add_overwrite(ap, "--out table and plot")
     ap.add_argument("--photo", help="real photo for the CMSR-vs-full table (needs --cmsr-model and --cmsr); "
                                     "resized to --lr-size; only this table is made")
     ap.add_argument("--worker", nargs=2, metavar=("MODEL", "SCALE"), help=argparse.SUPPRESS)
@@ -196,12 +202,17 @@ def main() -> None:
         args.scale, args.photo_cmsr = args.photo_worker
         photo_worker(args)
         return
+    try:  # the files are refused before any benchmark runs
+        output_path(args.out, args.overwrite, "--out", "table")
+        if not args.photo:
+            output_path(os.path.splitext(args.out)[0] + ".png", args.overwrite, "--out", "plot")
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
     if args.photo:
         if not (args.cmsr and args.cmsr_model):
             raise SystemExit("error: --photo needs --cmsr-model and --cmsr")
         lines = photo_table(args)
-        with open(args.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
+        write_text_atomic(args.out, "\n".join(lines) + "\n", "table")
         print("\n".join(lines))
         return
 
@@ -240,8 +251,7 @@ def main() -> None:
         sk = "" if r["skipped"] is None else f"{100 * r['skipped']:.1f}%"
         lines.append(f"| {r['model']} | x{r['scale']:g} | {r['params']:,} | {r['dec_params']:,} | {r['macs'] / 1e9:.1f} | "
                      f"{r['dec_macs'] / 1e9:.2f} | {r['latency'] * 1000:.1f} | {r['peak_mib']:.0f} | {sk} |")
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text_atomic(args.out, "\n".join(lines) + "\n", "table")
     print("\n".join(lines))
     try:
         import matplotlib
@@ -261,7 +271,7 @@ def main() -> None:
     ax.legend()
     fig.tight_layout()
     png = os.path.splitext(args.out)[0] + ".png"
-    fig.savefig(png, dpi=120)
+    write_atomic(png, lambda f: fig.savefig(f, format="png", dpi=120), "plot")
     print(f"wrote {args.out} and {png}")
 
 

@@ -27,6 +27,9 @@ import models  # noqa: E402
 from datasets.resize import resize_bicubic  # noqa: E402
 from models.inference import upsample  # noqa: E402
 from utils.images import load_image  # noqa: E402
+from utils.atomic import write_atomic  # noqa: E402
+from utils.cli import add_overwrite, output_path  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 from utils.metrics import psnr  # noqa: E402
 
 CAPTION = 16  # pixels of caption text under each tile
@@ -59,8 +62,13 @@ def main() -> None:
     ap.add_argument("--scales", default="4,12")
     ap.add_argument("--crop", type=int, default=96, help="HR crop size in pixels")
     ap.add_argument("--zoom", type=int, default=2, help="nearest-neighbour enlargement of the crops")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="the grid image (folders are created)")
+    add_overwrite(ap, "--out image")
     args = ap.parse_args()
+    try:  # refused before any model runs
+        out = output_path(args.out, args.overwrite, "--out", "image")
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
     nets = []
     for item in args.models:
         label, sep, path = item.partition("=")
@@ -90,7 +98,8 @@ def main() -> None:
     for i, row in enumerate(rows):
         for j, t in enumerate(row):
             grid.paste(t, (j * (tw + 4), i * (th + 4)))
-    grid.save(args.out)
+    write_atomic(out, lambda f: grid.save(f, format=Image.registered_extensions().get(out.suffix.lower(), "PNG")),
+                 "image")
     print(f"wrote {args.out} ({grid.width}x{grid.height})")
 
 

@@ -11,7 +11,8 @@ chunk of query coordinates and cells -> RGB) — and ``model.json`` (model name,
 render chunk, training scale range, CMSR table if any). Exportable decoders: LIIF, LTE, LM-LIIF,
 LM-LTE, with an EDSR or RDN encoder (SwinIR is refused: the exporter fixes its input size). After exporting,
 the graphs are checked against PyTorch on a small random image (``--no-check`` skips it).
-An existing export in ``--out`` is only replaced with ``--force``. See docs/export.md.
+An existing export in ``--out`` is only replaced with ``--overwrite`` (the flag every program of the
+project uses for this; ``--force``, its former name, still works). See docs/export.md.
 """
 from __future__ import annotations
 
@@ -30,20 +31,20 @@ FILES = ("encoder.onnx", "latent.onnx", "render.onnx", "model.json")
 CHECK_TOL = 1e-4
 
 
-def _check_out(out: Path, force: bool) -> None:
+def _check_out(out: Path, overwrite: bool) -> None:
     from utils.errors import UserError
 
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the exported graphs")
     if out.is_dir():
         present = [f for f in FILES if (out / f).exists()]
-        if present and not force:
+        if present and not overwrite:
             raise UserError(f"--out {out} already holds an export ({', '.join(present)}); "
-                            "pass --force to replace it")
+                            "pass --overwrite to replace it")
         others = sorted(p.name for p in out.iterdir() if p.name not in FILES and not p.name.startswith(".export-"))
-        if others and not force:  # an export is a folder of its own; do not mix it into the user's files
+        if others and not overwrite:  # an export is a folder of its own; do not mix it into the user's files
             raise UserError(f"--out {out} holds other files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); "
-                            "export into a new or empty folder (or pass --force to add the export there)")
+                            "export into a new or empty folder (or pass --overwrite to add the export there)")
     parent = out if out.is_dir() else next((p for p in out.parents if p.exists()), Path("."))
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"--out {out}: {parent} is not writable")
@@ -72,7 +73,7 @@ def load_request(args: argparse.Namespace):
     model_path = Path(args.model) if args.model else DEFAULT_MODEL
     if not model_path.is_file():
         raise UserError(f"model checkpoint {model_path} does not exist")
-    _check_out(Path(args.out), args.force)
+    _check_out(Path(args.out), args.overwrite)
     try:
         import onnx  # noqa: F401  (the exporter needs both; say so in one line)
         import onnxscript  # noqa: F401
@@ -145,7 +146,7 @@ def _first_line(e: Exception) -> str:
 
 
 def build_parser():
-    from utils.cli import Parser, positive_int
+    from utils.cli import Parser, add_overwrite, positive_int
 
     ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help=f"checkpoint (default: the bundled {DEFAULT_MODEL.name})")
@@ -153,7 +154,7 @@ def build_parser():
     ap.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18; at least 18)")
     ap.add_argument("--chunk", type=positive_int, help="queries per render call recorded for runners (default per model)")
     ap.add_argument("--cmsr", help="Scale2Mod table (YAML) to record in model.json (LM-LIIF/LM-LTE)")
-    ap.add_argument("--force", action="store_true", help="replace an existing export in --out")
+    add_overwrite(ap, "export in --out (--force: its former name)", "--force")
     ap.add_argument("--no-check", action="store_true", help="skip the parity check against PyTorch")
     ap.add_argument("--verbose", action="store_true", help="show the exporter's own messages")
     return ap

@@ -9,7 +9,7 @@ training), rendered fully at xN and at each decode scale d < N (then bilinearly 
 the table row records, per d, up to which mean |shift modulation| the cheap rendering stays
 within ``--mse`` of the full one (MSE in the model's [-1, 1] space, like the official tables;
 2e-5 there = 5e-6 in [0, 1], about 53 dB). Use training images, not your test set. An existing
-``--out`` file is updated in place (rows for other scales are kept). See ``models/cmsr.py``.
+``--out`` file is updated (rows for other scales are kept) only with ``--overwrite``. See ``models/cmsr.py``.
 """
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.atomic import write_text_atomic  # noqa: E402
+from utils.cli import add_overwrite, output_path  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,10 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mse", type=float, default=2e-5, help="MSE threshold in [-1, 1] space (official 2e-5)")
     ap.add_argument("--first-k", type=int, help="use only the first K images")
     ap.add_argument("--step", type=float, default=0.01, help="width of the modulation-mean bins")
-    ap.add_argument("--out", required=True, help="YAML table to create or update")
+    ap.add_argument("--out", required=True, help="YAML table to create, or to update with --overwrite")
+    add_overwrite(ap, "--out table (its rows for other scales are kept)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bsize", type=int)
     args = ap.parse_args(argv)
+    try:  # updating an existing table replaces rows of it: only when asked (before any work)
+        output_path(args.out, args.overwrite, "--out", "table")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     import yaml
 
@@ -41,7 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     from models.cmsr import Scale2Mod
     from models.cmsr_calibration import calibrate_row
     from models.inference import normalise
-    from utils.errors import UserError
 
     try:
         scales = [float(s) for s in args.scales.split(",")]
@@ -87,12 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[float | str, dict[float, float] | str] = {
         num(k): {num(d): round(float(t), 4) for d, t in row.items()} for k, row in sorted(table.items())}
     out["checkpoint"] = state_dict_digest(model.state_dict())  # CMSR refuses the table with other weights
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(f"# Scale2Mod table: target scale -> {{decode scale: max mean |shift modulation|}}\n"
-                f"# model {os.path.basename(args.model)}, data {args.data}, MSE threshold {args.mse:g}\n")
-        yaml.safe_dump(out, f, sort_keys=False)
-    os.replace(tmp, args.out)
+    write_text_atomic(args.out, f"# Scale2Mod table: target scale -> {{decode scale: max mean |shift modulation|}}\n"
+                      f"# model {os.path.basename(args.model)}, data {args.data}, MSE threshold {args.mse:g}\n"
+                      + yaml.safe_dump(out, sort_keys=False), "table")
     print(f"wrote {args.out}")
     return 0
 

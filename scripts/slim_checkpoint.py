@@ -7,7 +7,7 @@ without optimizer state, resume state or training config.
 
 The result keeps the official layout ``{'model': {'name', 'args', 'sd'}}`` and loads anywhere a
 checkpoint is taken (fp16 tensors are cast to the model's fp32 parameters on load). ``--note``
-is stored as ``provenance``. An existing ``--out`` is not replaced unless ``--force``.
+is stored as ``provenance``. An existing ``--out`` is not replaced unless ``--overwrite`` (or its former name ``--force``).
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.checkpoint import load_checkpoint, model_spec, save_atomic  # noqa: E402
+from utils.cli import add_overwrite, output_path  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 
 
 def main() -> int:
@@ -26,10 +28,12 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--fp16", action="store_true", help="store floating-point weights as float16")
     ap.add_argument("--note", default=None, help="provenance text stored beside the weights")
-    ap.add_argument("--force", action="store_true", help="replace an existing --out")
+    add_overwrite(ap, "--out checkpoint (--force: its former name)", "--force")
     args = ap.parse_args()
-    if os.path.exists(args.out) and not args.force:
-        print(f"error: {args.out} exists; pass --force to replace it", file=sys.stderr)
+    try:
+        output_path(args.out, args.overwrite, "--out", "checkpoint")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     spec = model_spec(load_checkpoint(args.model, map_location="cpu"), args.model)
     sd = {k: (v.half() if args.fp16 and v.is_floating_point() else v).contiguous() for k, v in spec["sd"].items()}

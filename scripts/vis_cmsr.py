@@ -17,6 +17,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.atomic import write_atomic  # noqa: E402
+from utils.cli import add_overwrite, output_path  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+
 PALETTE = [(49, 54, 149), (69, 117, 180), (116, 173, 209), (254, 224, 144), (244, 109, 67), (215, 48, 39)]
 
 
@@ -40,9 +44,15 @@ def main() -> int:
     ap.add_argument("--cmsr", required=True, help="Scale2Mod table")
     ap.add_argument("--input", required=True)
     ap.add_argument("--scale", type=float, default=12)
-    ap.add_argument("--output", required=True)
+    ap.add_argument("--output", required=True, help="the 3-panel image (folders are created)")
+    add_overwrite(ap, "--output image")
     ap.add_argument("--max-width", type=int, default=1800, help="shrink the 3-panel PNG to this width")
     args = ap.parse_args()
+    try:  # refused before any model runs
+        out_path = output_path(args.output, args.overwrite, "--output", "image")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     import numpy as np
     import torch
@@ -52,7 +62,6 @@ def main() -> int:
     from models.cmsr import CMSR, Scale2Mod
     from models.inference import clip_cell, normalise, upsample
     from utils.coords import make_cell
-    from utils.errors import UserError
     from utils.images import load_image
 
     try:
@@ -98,7 +107,7 @@ def main() -> int:
     skipped = stats.get("cmsr_skipped_fraction")
     if skipped is not None:
         draw.text((x + 10, H + 8), f"render queries skipped: {100 * skipped:.1f}%", fill="black")
-    canvas.save(args.output)
+    write_atomic(out_path, lambda f: canvas.save(f, format="PNG"), "image")
     print(f"wrote {args.output} ({3 * W}x{H + legend_h}); skipped {100 * (skipped or 0):.1f}% of render queries")
     return 0
 

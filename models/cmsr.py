@@ -135,8 +135,8 @@ def level_cells(n: int, q: int, device: torch.device | str | None = None) -> tor
 
 
 def level_grid(h: int, w: int, qh: int, qw: int) -> torch.Tensor:
-    """The coordinates (1, qh*qw, 2) of a decode level's qh x qw points on an h x w LR grid,
-    computed on the CPU whatever the device (the caller moves them).
+    """The coordinates (1, qh*qw, 2) of a decode level's qh x qw points on an h x w LR grid, in
+    ``grid_sample``'s (x, y) order, computed on the CPU whatever the device (the caller moves them).
 
     The official rule: the LR cell centres bilinearly resized. Many of these points lie exactly
     on LR centres (every point of a level at the LR size, lattices at odd levels, the clamped
@@ -145,8 +145,9 @@ def level_grid(h: int, w: int, qh: int, qw: int) -> torch.Tensor:
     weight, a colour change of up to ~0.25. Whether a resized point is exactly a centre depends
     on the rounding of the resize (a GPU's fused multiply-adds round otherwise than the CPU), so
     the grid is made by the CPU's resize on every device: the official outputs, the same bits.
+    (The resize treats channels alike, so resizing (x, y) gives the bits of (y, x) swapped.)
     """
-    centres = make_coord((h, w), flatten=False).permute(2, 0, 1).unsqueeze(0)
+    centres = make_coord((h, w), flatten=False).flip(-1).permute(2, 0, 1).unsqueeze(0)
     grid = F.interpolate(centres, size=(qh, qw), mode="bilinear", align_corners=False, antialias=False)
     return grid.permute(0, 2, 3, 1).reshape(1, qh * qw, 2)
 
@@ -234,48 +235,47 @@ class CMSR:
 
     def _decode_one(self, model: "ImplicitDecoder", lat: "Latent", coord: torch.Tensor,
                     bsize: int) -> tuple[torch.Tensor, float]:
+        """One image, coarse to fine: each level renders the points whose LR cell it selects and
+        takes every other point from the coarser result, bilinearly resampled."""
         h, w = lat.hw
         q = coord.shape[1]
+        dev = coord.device
         scale = math.sqrt(q / h / w)
         decode_scales, bounds = self.table.levels(scale)
         n_levels = len(decode_scales)
-        mu = lat.need_complexity()  # (1, 1, h, w)
-        mu_flat = mu.reshape(-1)
+        mu = lat.need_complexity().view(h, w)
         active = [i for i in range(n_levels) if decode_scales[i] >= 1]
         first, last = (active[0], active[-1]) if active else (0, -1)
-        levels = []  # (i, qh, qw, selected indices)
         cost = 0.0
+        ret = lat.inp  # (1, 3, h, w): start from the LR image
+        done = None  # (level, qh, qw) of the finest level rendered
         for i in active:
             d = decode_scales[i]
             qh, qw = int(h * d), int(w * d)
-            # each level point's LR cell, from the grid sizes alone (see level_cells)
-            row, col = level_cells(h, qh, mu.device), level_cells(w, qw, mu.device)
-            m = mu_flat[(row.view(-1, 1) * w + col.view(1, -1)).view(-1)]
-            # nonzero: each selected point once, so the merge below writes no index twice
-            idx = torch.nonzero(selects(m, i, first, last, bounds)).view(-1)
+            # a level point is rendered when its LR cell is selected: the choice is made on the LR
+            # grid and spread to the level's points by their cells (integers, see level_cells)
+            cells = selects(mu, i, first, last, bounds)
+            chosen = cells[level_cells(h, qh, dev)][:, level_cells(w, qw, dev)]
+            idx = torch.nonzero(chosen.view(-1)).view(-1)  # each point once: the merge writes no index twice
+            del chosen
             cost += idx.numel()
-            levels.append((i, qh, qw, idx))
-
-        ret = lat.inp  # (1, 3, h, w): start from the LR image, coarse to fine
-        ret_flat, grid = None, None
-        for i, qh, qw, idx in levels:
             if idx.numel() == 0:
                 continue
-            d = decode_scales[i]
-            q_coord = level_grid(h, w, qh, qw).to(coord.device)
-            pts = q_coord[:, idx]
-            cell = torch.full_like(pts, 0.0)
-            cell[..., 0] = 2 / qh
-            cell[..., 1] = 2 / qw
-            cell = cell * max(d / TRAINING_SCALE, 1)
+            xy = level_grid(h, w, qh, qw).to(dev)  # (1, qh*qw, 2), x then y
+            pts = xy[:, idx].flip(-1)  # (row, col) of the rendered points
+            cell = torch.tensor([[[2 / qh, 2 / qw]]], dtype=pts.dtype, device=dev) * max(d / TRAINING_SCALE, 1)
             with phase("render"):
-                pred = Q.stream(lambda c, ce: model.query(lat, c, ce), pts, cell, bsize)
-            ret_flat = Q.sample_bilinear(ret, q_coord).clone()  # (1, qh*qw, 3)
-            ret_flat[:, idx] = pred.to(ret_flat.dtype)
-            ret = ret_flat.view(1, qh, qw, -1).permute(0, 3, 1, 2)
-            grid = (i, qh, qw)
-        if ret_flat is not None and grid is not None and grid[0] == n_levels - 1 and decode_scales[-1] >= scale and grid[1] * grid[2] == q:
-            out = ret_flat  # the finest level is the target grid itself
+                pred = Q.stream(lambda c, ce: model.query(lat, c, ce), pts, cell.expand_as(pts).contiguous(), bsize)
+            del pts
+            # the coarser result resampled onto this level, then the rendered points written over it
+            up = F.grid_sample(ret, xy.unsqueeze(1), mode="bilinear", padding_mode="border", align_corners=False)
+            del xy
+            flat = up.view(1, 3, qh * qw)
+            flat[:, :, idx] = pred.to(flat.dtype).transpose(1, 2)
+            ret = flat.view(1, 3, qh, qw)
+            done = (i, qh, qw)
+        if done is not None and done[0] == n_levels - 1 and decode_scales[-1] >= scale and done[1] * done[2] == q:
+            out = ret.view(1, 3, q).transpose(1, 2)  # the finest level is the target grid itself
         else:
             out = Q.sample_bilinear(ret, coord)
         return out, cost

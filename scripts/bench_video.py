@@ -14,8 +14,8 @@ precision; the output is read back (frame count and size checked). Reported per 
 * frames/s end to end (wall clock from opening the input to the renamed output, model warm);
 * frames/s of the model alone on the same frames and batch (``models.video.frame_upsampler``,
   the frames already decoded): the ratio of the two is what decoding/encoding cost on top;
-* the busy time of each stage (decode, model, encode) as shares of their sum. The stages run in
-  three threads, so on a machine with spare cores the end-to-end rate approaches the slowest one.
+* the busy time of each stage (decode, model, encode) per frame and as a share of their sum. The
+  stages run in three threads, so with spare cores the end-to-end rate approaches the slowest one.
 
 One warm-up run (a few frames) per precision comes first. The machine may be shared: compare
 the rates of one run with each other (same load), not across runs.
@@ -89,7 +89,7 @@ def main() -> None:
           f"{' (' + torch.cuda.get_device_name(dev) + ')' if dev.type == 'cuda' else f', {torch.get_num_threads()} threads'}"
           f", {os.cpu_count()} CPUs; {args.frames} frames per clip, batch {batch}, {enc.codec} {enc.options}")
     print("| input | output | precision | frames/s end to end | frames/s model alone | end to end / model | "
-          "decode | model | encode | frames written |")
+          "decode ms/frame | model ms/frame | encode ms/frame | frames written |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     failed = False
     with tempfile.TemporaryDirectory() as tmp_dir:
@@ -122,9 +122,10 @@ def main() -> None:
                 tm = info["timings"]
                 e2e = info["frames"] / tm.wall
                 total = max(tm.decode + tm.model + tm.encode, 1e-9)
+                stages = " | ".join(f"{1000 * v / tm.frames:.1f} ({100 * v / total:.1f}%)"
+                                    for v in (tm.decode, tm.model, tm.encode))
                 print(f"| {w}x{h} | {W}x{H} | {precision} | {e2e:.2f} | {model_fps:.2f} | {e2e / model_fps:.2f} | "
-                      f"{100 * tm.decode / total:.0f}% | {100 * tm.model / total:.0f}% | {100 * tm.encode / total:.0f}% | "
-                      f"{written}{'' if ok else ' (WRONG)'} |", flush=True)
+                      f"{stages} | {written}{'' if ok else ' (WRONG)'} |", flush=True)
     sys.exit(1 if failed else 0)
 
 

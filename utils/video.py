@@ -444,9 +444,10 @@ class Timings:
     encode: float = 0.0
 
     def shares(self) -> str:
-        """``decode 8%, model 81%, encode 11%`` of the stages' summed busy time."""
+        """``decode 8%, model 81%, encode 11%`` of the stages' summed busy time (one decimal below 10%)."""
         total = max(self.decode + self.model + self.encode, 1e-9)
-        return ", ".join(f"{k} {100 * getattr(self, k) / total:.0f}%" for k in ("decode", "model", "encode"))
+        shares = {k: 100 * getattr(self, k) / total for k in ("decode", "model", "encode")}
+        return ", ".join(f"{k} {v:.1f}%" if v < 10 else f"{k} {v:.0f}%" for k, v in shares.items())
 
 
 _END = object()      # the producer is done

@@ -13,20 +13,24 @@ upscaled by the model; an alpha channel is upscaled separately with Pillow's bic
 re-attached (JPEG output drops it); the colour under fully transparent pixels is replaced by a fill
 from the visible ones first, so it cannot leak into the edge. Grayscale inputs give grayscale outputs (L, or LA with alpha).
 EXIF orientation is not applied: the output follows the stored pixel grid. A 1x1 image is a valid
-input. Output is 8-bit, PNG/JPEG/... by the output's extension, written atomically. Memory grows
-with the output image only: queries are rendered in row bands (``--bsize`` queries at a time).
+input. Output is 8-bit, PNG/JPEG/... by the output's extension, written atomically; an existing
+file is replaced only with --overwrite, missing folders are created. Queries are rendered in row
+bands (``--bsize`` queries at a time) and a PNG is written band by band as it is rendered, so its
+size is not bounded by the memory; other formats hold the 8-bit image (4 bytes a pixel). An output
+that would not fit in the memory available is refused up front, naming the largest that fits
+(estimates measured in docs/memory.md).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-from utils.cli import (Parser, add_precision, device_label, device_name, parse_scale, pick_device, positive_int, run_main,
-                       scale_label)
+from utils.cli import (Parser, add_overwrite, add_precision, check_output, device_label, device_name,
+                       no_torch_message, output_path, parse_scale, pick_device, positive_int, run_main, scale_label)
 from utils.errors import UserError
+from utils.images import IMAGE_EXTENSIONS
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "lmliif_edsr-b_cpu.pth"
 DEFAULT_CMSR = DEFAULT_MODEL.parent / "cmsr_lmliif_edsr-b_cpu.yaml"
@@ -44,17 +48,17 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def check_output_size(h: int, w: int, H: int, W: int) -> None:
-    if H > MAX_SIDE or W > MAX_SIDE:
-        raise UserError(f"output {W}x{H} is too large (at most {MAX_SIDE} pixels per side)")
-    need = H * W * (3 * 4 + 4)  # float32 RGB output + 8-bit copy for saving (+ alpha)
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        total = None
-    if total and need > 0.7 * total:
-        raise UserError(f"output {W}x{H} would need about {need / 2**30:.1f} GiB of memory, more than this "
-                       f"machine can spare ({total / 2**30:.1f} GiB in all); choose a smaller --scale/--size")
+def check_memory(args: argparse.Namespace, in_hw: tuple[int, int], out_hw: tuple[int, int], alpha: bool,
+                 lm: bool = True, chunk: int | None = None) -> None:
+    """The output fits in the memory available now, by the peak measured for this way of running
+    (utils/ram.py, docs/memory.md): else refused in one line naming the largest that fits, instead
+    of being killed by the system part-way. ``lm``: an LMF decoder; ``chunk``: queries a call."""
+    from utils import ram
+
+    cmsr = lm and args.cmsr is not None and max(out_hw[0] / in_hw[0], out_hw[1] / in_hw[1]) > 4  # beyond x4 only
+    kind = ram.path_kind(onnx=args.onnx is not None, lm=lm, precision=args.precision, cmsr=cmsr)
+    ram.check_fits(in_hw, out_hw, kind, fmt_streamed=Path(args.output).suffix.lower() == ".png", alpha=alpha,
+                   chunk=chunk)
 
 
 def check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -66,17 +70,17 @@ def check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
         raise UserError(f"--output is the input file {inp_path}; refusing to overwrite the input")
     if out_path.is_dir():
         raise UserError(f"--output {out_path} is a folder; give a file name such as {out_path / 'out.png'}")
-    if not out_path.parent.resolve().is_dir():
-        raise UserError(f"output folder {out_path.parent} does not exist")
-    if out_path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"):
-        raise UserError(f"--output {out_path}: unsupported extension {out_path.suffix!r} (use .png or .jpg)")
+    check_output(out_path, args.overwrite)  # an existing file only with --overwrite; folders made when writing
+    if out_path.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise UserError(f"--output {out_path}: unsupported extension {out_path.suffix!r} "
+                        f"(use {', '.join(IMAGE_EXTENSIONS)})")
     if (args.scale is None) == (args.size is None):
         raise UserError("give exactly one of --scale and --size")
     return inp_path, out_path
 
 
 def output_size(args: argparse.Namespace, h: int, w: int) -> tuple[int, int]:
-    """(H, W) of the output from --size or --scale, checked against what the machine can hold."""
+    """(H, W) of the output from --size or --scale, within the formats' side limit."""
     if args.size is not None:
         H, W = parse_size(args.size)
     else:
@@ -84,7 +88,8 @@ def output_size(args: argparse.Namespace, h: int, w: int) -> tuple[int, int]:
         H, W = round(h * sy), round(w * sx)
         if H < 1 or W < 1:
             raise UserError(f"--scale {scale_label(args.scale)} gives an empty output for a {w}x{h} image")
-    check_output_size(h, w, H, W)
+    if H > MAX_SIDE or W > MAX_SIDE:
+        raise UserError(f"output {W}x{H} is too large (at most {MAX_SIDE} pixels per side)")
     return H, W
 
 
@@ -102,10 +107,12 @@ def load(args: argparse.Namespace, device):
     return model, cmsr
 
 
-def render(model, inp_path: Path, size: tuple[int, int], args: argparse.Namespace, cmsr, stats: dict):
-    """The input file -> (C, H, W) in [0, 1] (grayscale/alpha kept, hidden colour under transparent
-    pixels filled first: ``models.inference.upscale_image``), with a progress bar for large outputs."""
-    from models.inference import upscale_image
+def render(model, inp_path: Path, out_path: Path, size: tuple[int, int], args: argparse.Namespace, cmsr,
+           stats: dict) -> None:
+    """The input file upscaled into ``out_path`` band by band as it is rendered (grayscale/alpha
+    kept, hidden colour under transparent pixels filled first: ``models.inference.upscale_file``),
+    with a progress bar for large outputs."""
+    from models.inference import upscale_file
 
     H, W = size
     bar = None
@@ -115,28 +122,32 @@ def render(model, inp_path: Path, size: tuple[int, int], args: argparse.Namespac
             bar = tqdm(total=H, unit="row", desc=f"-> {W}x{H}", file=sys.stderr, leave=False)
         except ImportError:
             bar = None
-    out = upscale_image(model, inp_path, size=(H, W), bsize=args.bsize, cmsr=cmsr, stats=stats,
-                        progress=bar.update if bar is not None else None)
-    if bar is not None:
-        bar.close()
-    return out
+    try:
+        upscale_file(model, inp_path, out_path, size=(H, W), bsize=args.bsize, cmsr=cmsr, stats=stats,
+                     progress=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def run(args: argparse.Namespace) -> dict:
     inp_path, out_path = check_paths(args)
     if args.onnx is not None:
         return run_onnx(args, inp_path, out_path)
-    from utils.images import read_image, save_image
+    from utils.images import open_array
 
-    h, w = read_image(inp_path).shape[:2]  # validates the file (one-line errors)
+    arr, alpha, _ = open_array(inp_path)  # validates the file (one-line errors)
+    h, w = arr.shape[:2]
+    del arr
     H, W = output_size(args, h, w)
     device = pick_device(args.device)
     model, cmsr = load(args, device)
+    from models.lm import LMDecoder
+
+    check_memory(args, (h, w), (H, W), alpha is not None, isinstance(model, LMDecoder), args.bsize)
     stats: dict = {}
     t0 = time.perf_counter()
-    out = render(model, inp_path, (H, W), args, cmsr, stats)
-    del model
-    save_image(out, out_path)
+    render(model, inp_path, output_path(out_path, args.overwrite), (H, W), args, cmsr, stats)
     return {"in": (w, h), "out": (W, H), "seconds": time.perf_counter() - t0, "device": device_label(device),
             **stats}
 
@@ -157,10 +168,14 @@ def run_onnx(args: argparse.Namespace, inp_path: Path, out_path: Path) -> dict:
 
     def size_of(h: int, w: int) -> tuple[int, int]:
         H, W = output_size(args, h, w)
+        check_memory(args, (h, w), (H, W), has_alpha, chunk=runner.chunk)
         info.update({"in": (w, h), "out": (W, H)})
         return H, W
 
-    upscale_file(runner, inp_path, out_path, size_of)
+    from utils.images import open_array
+
+    has_alpha = open_array(inp_path)[1] is not None
+    upscale_file(runner, inp_path, output_path(out_path, args.overwrite), size_of)
     info["seconds"] = time.perf_counter() - t0
     info["device"] = "cpu, onnxruntime"
     return info
@@ -169,7 +184,8 @@ def run_onnx(args: argparse.Namespace, inp_path: Path, out_path: Path) -> dict:
 def build_parser() -> Parser:
     ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", required=True, help="image to upscale")
-    ap.add_argument("--output", required=True, help="where to write the result (.png, .jpg, ...)")
+    ap.add_argument("--output", required=True, help="where to write the result (.png, .jpg, ...; folders are created)")
+    add_overwrite(ap, "--output file")
     ap.add_argument("--scale", type=parse_scale, help="factor (3.5) or HxW factors (3x2: x3 vertically, x2 horizontally)")
     ap.add_argument("--size", help="output size WIDTHxHEIGHT in pixels (instead of --scale)")
     ap.add_argument("--model", help=f"checkpoint (default: the bundled {DEFAULT_MODEL.name})")
@@ -200,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
 
     return run_main(body, out_of_memory="out of GPU memory or RAM; use a smaller --scale/--size or pass a "
                     "smaller --bsize (queries rendered at a time), or use --device cpu",
-                    interrupted="interrupted; nothing was written")
+                    interrupted="interrupted; nothing was written",
+                    no_torch=no_torch_message("demo.py", "or upscale with an exported model and onnxruntime alone: "
+                                              "demo.py --onnx DIR (docs/export.md)"))
 
 
 if __name__ == "__main__":

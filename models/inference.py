@@ -6,7 +6,8 @@ enlarged by ``max(s / scale_max, 1)`` per axis (see docs/differences.md).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import math
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -56,61 +57,76 @@ def upsample(model: ImplicitDecoder, img: torch.Tensor, size: tuple[int, int], s
              progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Upscale ``img`` (B, 3, h, w) in [0, 1] to ``size`` = (H, W) -> (B, 3, H, W) in [0, 1].
 
+    The bands of :func:`upsample_bands` copied into one output tensor; ``progress(n_rows)`` is
+    called after each band.
+    """
+    b = img.shape[0]
+    out = img.new_empty(b, 3, int(size[0]), int(size[1]))
+    for r0, band in upsample_bands(model, img, size, scale_max, bsize, cmsr, stats):
+        out[:, :, r0:r0 + band.shape[2]] = band
+        if progress is not None:
+            progress(band.shape[2])
+    return out
+
+
+@torch.no_grad()  # as a decorator: applied around each step of the generator, not leaked to its caller
+def upsample_bands(model: ImplicitDecoder, img: torch.Tensor, size: tuple[int, int],
+                   scale_max: float = multiscale.TRAINING_SCALE, bsize: int | None = None,
+                   cmsr: CMSR | bool | None = None, stats: dict | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """Upscale ``img`` (B, 3, h, w) in [0, 1] to ``size`` = (H, W), yielding the output in bands
+    of whole rows: (first row, (B, 3, rows, W) in [0, 1]) from top to bottom.
+
     The encoder and latent stage run once; queries are then rendered in bands of whole rows
     (about ``bsize`` queries each) whose coordinates are made on the fly, so memory beyond the
-    output image is one band's worth. ``progress(n_rows)`` is called after each band.
-    With CMSR active the whole target grid is decoded at once (it needs the full grid).
+    input's features is one band's worth: a caller that writes each band away (a file, see
+    :func:`upscale_file`) never holds the output image. With CMSR active the whole target grid
+    is decoded at once (it needs the full grid) and comes as one band.
     """
     b, _, h, w = img.shape
     H, W = int(size[0]), int(size[1])
     dev = img.device
     scale_hw = (H / h, W / w)
-    with torch.no_grad():
-        lat_cell = clip_cell(make_cell((H, W), n=1, device=dev).unsqueeze(0).expand(b, 1, 2), scale_hw, scale_max)
-        lat = model.prepare(normalise(img), lat_cell)
-        out = img.new_empty(b, 3, H, W)
-        active = multiscale.choose(model, lat, H * W, cmsr)
-        own = getattr(model, "cmsr", None)
-        requested = own if cmsr is None or cmsr is True else (cmsr or None)
-        note = None
-        if requested is not None and active is None:
-            note = (f"CMSR does nothing for {model.__class__.__name__} (it needs an LMF model's modulations)"
-                    if lat.complexity is None else
-                    f"CMSR does nothing at x{max(scale_hw):g} (it acts only beyond x{multiscale.TRAINING_SCALE:g}); "
-                    "rendered in full")
-        elif active is not None:
-            active.check_model(model)
-            s = (H * W / (h * w)) ** 0.5
-            if len([d for d in active.table.levels(s)[0] if d >= 1]) <= 1:
-                note = f"CMSR does nothing at x{s:g} (its table has no coarser level there); rendered in full"
-                active = None
-        if active is not None and dev.type == "cpu":
-            from . import fast_render
-            if fast_render.library() is not None:
-                note = "on the CPU CMSR saves little time and needs more memory (docs/cmsr.md)"
-        if note is not None and stats is not None:
-            stats["cmsr_note"] = note
-        if active is not None:
-            coord = make_coord((H, W), device=dev).unsqueeze(0).expand(b, -1, -1)
-            cell = clip_cell(make_cell((H, W), device=dev), scale_hw, scale_max).unsqueeze(0).expand(b, -1, -1)
-            rgb = multiscale.decode(model, lat, coord, cell, bsize=bsize, cmsr=active, stats=stats)
-            out.copy_(denormalise(rgb).clamp_(0, 1).view(b, H, W, 3).permute(0, 3, 1, 2))
-            if progress is not None:
-                progress(H)
-            return out
-        rows_y, cols_x = axis_coords(H, dev), axis_coords(W, dev)
-        band = max(1, (bsize or model.chunk_size(lat)) * 4 // W)
-        cell_row = clip_cell(make_cell((H, W), n=1, device=dev), scale_hw, scale_max)
-        for r0 in range(0, H, band):
-            r1 = min(H, r0 + band)
-            coord = torch.stack(torch.meshgrid(rows_y[r0:r1], cols_x, indexing="ij"), dim=-1)
-            coord = coord.view(1, -1, 2).expand(b, -1, -1)
-            cell = cell_row.expand(coord.shape[1], 2).unsqueeze(0).expand(b, -1, -1)
-            rgb = model.decode(lat, coord, cell, bsize)
-            out[:, :, r0:r1] = denormalise(rgb).clamp_(0, 1).view(b, r1 - r0, W, 3).permute(0, 3, 1, 2)
-            if progress is not None:
-                progress(r1 - r0)
-    return out
+    lat_cell = clip_cell(make_cell((H, W), n=1, device=dev).unsqueeze(0).expand(b, 1, 2), scale_hw, scale_max)
+    lat = model.prepare(normalise(img), lat_cell)
+    active = multiscale.choose(model, lat, H * W, cmsr)
+    own = getattr(model, "cmsr", None)
+    requested = own if cmsr is None or cmsr is True else (cmsr or None)
+    note = None
+    if requested is not None and active is None:
+        note = (f"CMSR does nothing for {model.__class__.__name__} (it needs an LMF model's modulations)"
+                if lat.complexity is None else
+                f"CMSR does nothing at x{max(scale_hw):g} (it acts only beyond x{multiscale.TRAINING_SCALE:g}); "
+                "rendered in full")
+    elif active is not None:
+        active.check_model(model)
+        s = (H * W / (h * w)) ** 0.5
+        if len([d for d in active.table.levels(s)[0] if d >= 1]) <= 1:
+            note = f"CMSR does nothing at x{s:g} (its table has no coarser level there); rendered in full"
+            active = None
+    if active is not None and dev.type == "cpu":
+        from . import fast_render
+        if fast_render.library() is not None:
+            note = "on the CPU CMSR saves little time and needs more memory (docs/cmsr.md)"
+    if note is not None and stats is not None:
+        stats["cmsr_note"] = note
+    if active is not None:
+        coord = make_coord((H, W), device=dev).unsqueeze(0).expand(b, -1, -1)
+        # one cell for every query (CMSR reads only its shape): a view, not H*W copies
+        cell = clip_cell(make_cell((H, W), n=1, device=dev), scale_hw, scale_max).view(1, 1, 2).expand(b, H * W, 2)
+        rgb = multiscale.decode(model, lat, coord, cell, bsize=bsize, cmsr=active, stats=stats)
+        del coord, cell
+        yield 0, denormalise(rgb).clamp_(0, 1).view(b, H, W, 3).permute(0, 3, 1, 2)
+        return
+    rows_y, cols_x = axis_coords(H, dev), axis_coords(W, dev)
+    band = max(1, (bsize or model.chunk_size(lat)) * 4 // W)
+    cell_row = clip_cell(make_cell((H, W), n=1, device=dev), scale_hw, scale_max)
+    for r0 in range(0, H, band):
+        r1 = min(H, r0 + band)
+        coord = torch.stack(torch.meshgrid(rows_y[r0:r1], cols_x, indexing="ij"), dim=-1)
+        coord = coord.view(1, -1, 2).expand(b, -1, -1)
+        cell = cell_row.expand(coord.shape[1], 2).unsqueeze(0).expand(b, -1, -1)
+        rgb = model.decode(lat, coord, cell, bsize)
+        yield r0, denormalise(rgb).clamp_(0, 1).view(b, r1 - r0, W, 3).permute(0, 3, 1, 2)
 
 
 def output_size(h: int, w: int, scale: float | Sequence[float] | None = None,
@@ -121,12 +137,17 @@ def output_size(h: int, w: int, scale: float | Sequence[float] | None = None,
         raise ValueError("give exactly one of scale and size")
     if size is not None:
         H, W = (int(v) for v in size)
-    else:
-        assert scale is not None
-        sy, sx = (scale, scale) if isinstance(scale, (int, float)) else tuple(scale)
-        H, W = round(h * float(sy)), round(w * float(sx))
+        if H < 1 or W < 1:
+            raise ValueError(f"size {tuple(size)!r}: height and width must be at least 1")
+        return H, W
+    assert scale is not None
+    sy, sx = (scale, scale) if isinstance(scale, (int, float)) else tuple(scale)
+    if not all(math.isfinite(float(v)) and float(v) > 0 for v in (sy, sx)):
+        raise ValueError(f"scale {scale!r}: each factor must be a finite number > 0")
+    H, W = round(h * float(sy)), round(w * float(sx))
     if H < 1 or W < 1:
-        raise ValueError(f"the output {H}x{W} (HxW) is empty")
+        raise ValueError(f"scale {scale!r} is too small for the {h}x{w} (HxW) image: the output would be "
+                         f"{H}x{W}; use a larger scale")
     return H, W
 
 
@@ -155,3 +176,26 @@ def upscale_image(model: ImplicitDecoder, image, scale: float | Sequence[float] 
     sr = upsample(model, rgb.unsqueeze(0).to(dev), (H, W), bsize=bsize, cmsr=cmsr, stats=stats,
                   progress=progress)[0].cpu()
     return torch.from_numpy(compose_output(sr.numpy(), alpha, gray))  # grayscale/alpha as the source
+
+
+def upscale_file(model: ImplicitDecoder, image, path, scale: float | Sequence[float] | None = None,
+                 size: Sequence[int] | None = None, *, bsize: int | None = None, cmsr: CMSR | bool | None = None,
+                 stats: dict | None = None, progress: Callable[[int], None] | None = None) -> tuple[int, int]:
+    """:func:`upscale_image` written to the image file ``path`` (format from its extension) band by
+    band as the model renders it (:func:`upsample_bands`, :func:`utils.images.write_bands`): a PNG
+    output is never held in memory, so its size is bounded by the disk, not by the RAM. Written
+    atomically; the caller decides whether ``path`` may exist (``utils.cli.output_path``).
+    Returns the output size (H, W)."""
+    from utils.images import fill_transparent, open_image, write_bands
+
+    rgb, alpha, gray = open_image(image)
+    h, w = rgb.shape[-2:]
+    H, W = output_size(h, w, scale, size)
+    if alpha is not None:
+        rgb = fill_transparent(rgb, alpha)
+    dev = next(model.parameters()).device
+    bands = ((r0, band[0].float().cpu().numpy())
+             for r0, band in upsample_bands(model, rgb.unsqueeze(0).to(dev), (H, W), bsize=bsize, cmsr=cmsr,
+                                            stats=stats))
+    write_bands(path, (H, W), bands, alpha, gray, progress=progress)
+    return H, W

@@ -253,8 +253,7 @@ DEMO_ERRORS = {
     "model_missing_keys": ("rgb", ["--scale", "2"], "missing_keys", "out.png",
                            ("missing_keys.pth", "1 missing key", "imnet.layers.0.weight")),
     "model_bad_args": ("rgb", ["--scale", "2"], "bad_args", "out.png", ("bad_args.pth", "cannot build model")),
-    "output_folder_missing": ("rgb", ["--scale", "2"], "good", "no/such/folder/out.png",
-                              ("output folder", "does not exist")),
+    "output_exists": ("rgb", ["--scale", "2"], "good", "=existing", ("the output exists", "--overwrite")),
     "output_is_input": ("rgb", ["--scale", "2"], "good", "=input", ("refusing to overwrite the input",)),
     "output_is_input_other_spelling": ("rgb", ["--scale", "2"], "good", "=input_dotdot",
                                        ("refusing to overwrite the input",)),
@@ -274,6 +273,9 @@ def test_demo_errors_are_one_line_and_clobber_nothing(tmp_path, case, scripts, c
     elif out_name == "=folder":
         out = tmp_path / "result.png"
         out.mkdir()
+    elif out_name == "=existing":  # replaced only with --overwrite
+        out = tmp_path / "result.png"
+        out.write_bytes(b"mine")
     else:
         out = tmp_path / out_name
     before = _snapshot(tmp_path)
@@ -298,7 +300,7 @@ def test_demo_out_of_gpu_memory_is_one_line(tmp_path, scripts, ckpts, capsys, mo
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-    monkeypatch.setattr(models.inference, "upsample", oom)
+    monkeypatch.setattr(models.inference, "upsample_bands", oom)
     inp = make_input("rgb", tmp_path)
     before = _snapshot(tmp_path)
     rc, _, err = _call(scripts["demo"].main, ["--input", inp, "--output", tmp_path / "o.png", "--model",

@@ -24,21 +24,27 @@ when called: the ONNX runner uses the numpy functions without it.
 from __future__ import annotations
 
 import os
+import struct
 import warnings
+import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, TypeVar
 
 import numpy as np
 from PIL import Image
 
-from utils.atomic import write_atomic
+from utils.atomic import temp_sibling, write_atomic
 from utils.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["GRAY_MODES", "array_to_float", "array_to_tensor", "compose_output", "fill_transparent", "load_image",
-           "open_array", "open_image", "read_image", "save_array", "save_image", "to_pil"]
+__all__ = ["GRAY_MODES", "IMAGE_EXTENSIONS", "ImageWriter", "array_to_float", "array_to_tensor", "compose_output",
+           "fill_transparent", "load_image", "open_array", "open_image", "read_image", "save_array", "save_image",
+           "to_pil", "write_bands"]
+
+# the output extensions the programs accept (each one Pillow writes; .png is streamed row by row)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 GRAY_MODES = ("L", "LA", "1", "I", "I;16", "I;16L", "I;16B", "F")
 
@@ -230,16 +236,202 @@ def save_array(img: np.ndarray, path: str | os.PathLike, quality: int = 95) -> N
     formats without alpha, such as JPEG and BMP, get the L/RGB part); format from the extension.
 
     Values are rounded (``(x*255).round().clip(0, 255)`` in float32), not truncated. The file is
-    written atomically (:func:`utils.atomic.write_atomic`), so a crash never leaves a half-written
-    image. ``quality`` applies to JPEG/WebP only.
+    written atomically (:class:`ImageWriter`), so a crash never leaves a half-written image.
+    ``quality`` applies to JPEG/WebP only.
     """
-    path = Path(path)
     _check_chw(img, "save_array")
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None or fmt not in Image.SAVE:
-        raise UserError(f"cannot save image {path}: unknown image extension {path.suffix!r}")
-    if img.shape[0] in (2, 4) and fmt in ("JPEG", "BMP"):
-        img = img[:img.shape[0] - 1]
-    pil = to_pil(img)
-    extra = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
-    write_atomic(path, lambda f: pil.save(f, format=fmt, **extra), "image")
+    with ImageWriter(path, img.shape[1], img.shape[2], img.shape[0], quality) as out:
+        out.write(img)
+
+
+def _quantise(rows: np.ndarray) -> np.ndarray:
+    """(C, r, W) float in [0, 1] -> (r, W, C) uint8, rounded as :func:`to_pil` (float32 arithmetic)."""
+    q = np.clip(np.round(rows.astype(np.float32, copy=False) * np.float32(255)), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(q.transpose(1, 2, 0))
+
+
+class ImageWriter:
+    """An 8-bit image of known size written band by band, top to bottom, atomically.
+
+    ``with ImageWriter(path, height, width, channels) as out: out.write(rows)`` with ``rows`` a
+    (C, r, W) float array in [0, 1] (C = 1 L, 2 LA, 3 RGB, 4 RGBA; formats without alpha, such as
+    JPEG and BMP, get the colour part). The file appears under its name only when every row was
+    written; an error or an interrupted program leaves nothing behind.
+
+    PNG is streamed: each band is filtered and compressed as it comes (:class:`_PngStream`), so
+    the image is never held in memory and an output larger than the memory can be written. Other
+    formats are collected in an 8-bit Pillow image (4 bytes a pixel for RGB/RGBA/LA, 1 for L)
+    and encoded by Pillow at the end: Pillow cannot encode an image piece by piece.
+    """
+
+    SLAB = 1 << 18  # pixels quantised at a time
+
+    def __init__(self, path: str | os.PathLike, height: int, width: int, channels: int, quality: int = 95) -> None:
+        self.path = Path(path)
+        fmt = Image.registered_extensions().get(self.path.suffix.lower())
+        if fmt is None or fmt not in Image.SAVE:
+            raise UserError(f"cannot save image {self.path}: unknown image extension {self.path.suffix!r}")
+        if channels not in (1, 2, 3, 4):
+            raise ValueError(f"ImageWriter: {channels} channels (expected 1, 2, 3 or 4)")
+        self.fmt, self.height, self.width, self.quality = fmt, int(height), int(width), quality
+        self.keep = channels - 1 if channels in (2, 4) and fmt in ("JPEG", "BMP") else channels  # alpha dropped
+        self.rows = 0
+        self._png: _PngStream | None = None
+        self._pil: Image.Image | None = None
+        self._tmp: Path | None = None
+        self._file: BinaryIO | None = None
+
+    def __enter__(self) -> "ImageWriter":
+        mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[self.keep]
+        if self.fmt == "PNG":
+            self._tmp = temp_sibling(self.path)
+            try:
+                self._file = open(self._tmp, "xb")
+            except OSError as e:
+                raise UserError(f"cannot write image {self.path}: {e.strerror or e}") from None
+            self._png = _PngStream(self._file, self.width, self.height, self.keep)
+        else:
+            self._pil = Image.new(mode, (self.width, self.height))
+        return self
+
+    def write(self, rows: np.ndarray) -> None:
+        """The next ``r`` rows: a (C, r, W) float array in [0, 1]."""
+        _check_chw(rows, "ImageWriter.write")
+        if rows.shape[2] != self.width or self.rows + rows.shape[1] > self.height:
+            raise ValueError(f"ImageWriter: rows {tuple(rows.shape)} do not fit a {self.width}x{self.height} image "
+                             f"at row {self.rows}")
+        step = max(1, self.SLAB // self.width)  # rows quantised at a time: bounds the float temporaries
+        for r in range(0, rows.shape[1], step):
+            q = _quantise(rows[:self.keep, r:r + step])
+            try:
+                if self._png is not None:
+                    self._png.write(q)
+                else:
+                    assert self._pil is not None, "ImageWriter.write outside its with block"
+                    self._pil.paste(Image.fromarray(q[:, :, 0] if self.keep == 1 else q), (0, self.rows))
+            except OSError as e:
+                raise UserError(f"cannot write image {self.path}: {e.strerror or e}") from None
+            self.rows += q.shape[0]
+
+    def __exit__(self, kind, value, tb) -> None:
+        if self._png is None:  # Pillow: encode the collected image (only when every row came)
+            pil, self._pil = self._pil, None
+            if kind is None and pil is not None:
+                self._check_complete()
+                extra = {"quality": self.quality} if self.fmt in ("JPEG", "WEBP") else {}
+                write_atomic(self.path, lambda f: pil.save(f, format=self.fmt, **extra), "image")
+            return
+        assert self._file is not None and self._tmp is not None
+        try:
+            try:
+                if kind is None:
+                    self._check_complete()
+                    self._png.finish()
+                    self._file.flush()
+                    os.fsync(self._file.fileno())
+            finally:
+                self._file.close()
+            if kind is None:
+                os.replace(self._tmp, self.path)
+        except OSError as e:
+            raise UserError(f"cannot write image {self.path}: {e.strerror or e}") from None
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+    def _check_complete(self) -> None:
+        if self.rows != self.height:
+            raise ValueError(f"ImageWriter: {self.rows} of {self.height} rows written to {self.path}")
+
+
+class _PngStream:
+    """A PNG file written as its rows come (8-bit L, LA, RGB or RGBA; no interlacing).
+
+    Pillow encodes PNG only from a whole image in memory, and pypng (the pure-Python PNG library)
+    streams rows but writes them unfiltered: its files of upscaled photos are 1.2-1.6x larger than
+    Pillow's (docs/memory.md). So the rows are filtered here, per row with the filter that gives the
+    smallest sum of absolute (signed) bytes, the heuristic libpng and Pillow use, and compressed
+    with zlib at Pillow's default level; the chunks follow the PNG specification (signature, IHDR,
+    IDAT, IEND, each with its CRC). Decoded, the file holds exactly the pixels Pillow would write.
+    """
+    LEVEL = 6            # zlib level (Pillow's default compress_level)
+    CHUNK = 1 << 20      # compressed bytes collected per IDAT chunk
+    SLAB = 1 << 20       # raw bytes filtered at a time (the filter's scratch is ~12x this)
+
+    def __init__(self, f: BinaryIO, width: int, height: int, channels: int) -> None:
+        self.f, self.bpp = f, channels
+        self.prev = np.zeros(width * channels, dtype=np.uint8)  # the row above the first is zeros
+        self.zip = zlib.compressobj(self.LEVEL)
+        self.pending = bytearray()
+        color = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+        f.write(b"\x89PNG\r\n\x1a\n")
+        self._chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color, 0, 0, 0))
+
+    def _chunk(self, kind: bytes, data: bytes) -> None:
+        self.f.write(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)))
+
+    def write(self, rows: np.ndarray) -> None:
+        """(r, W, C) uint8 rows."""
+        flat = rows.reshape(rows.shape[0], -1)
+        step = max(1, self.SLAB // max(1, flat.shape[1]))
+        for i in range(0, flat.shape[0], step):
+            self.pending += self.zip.compress(self._filter(flat[i:i + step]).tobytes())
+            if len(self.pending) >= self.CHUNK:
+                self._chunk(b"IDAT", bytes(self.pending))
+                self.pending.clear()
+
+    def _filter(self, x: np.ndarray) -> np.ndarray:
+        """(r, n) raw rows -> (r, 1 + n): each row's filter type byte and its filtered bytes."""
+        r, n = x.shape
+        bpp = self.bpp
+        up = np.concatenate([self.prev[None], x[:-1]]).astype(np.int16)
+        self.prev = x[-1].copy()
+        xi = x.astype(np.int16)
+        left = np.zeros_like(xi)
+        left[:, bpp:] = xi[:, :-bpp]
+        upleft = np.zeros_like(xi)
+        upleft[:, bpp:] = up[:, :-bpp]
+        p = left + up - upleft  # Paeth predictor: the neighbour closest to left + up - upper left
+        pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - upleft)
+        paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
+        out = np.empty((r, n + 1), dtype=np.uint8)
+        best = np.full(r, np.iinfo(np.int64).max)
+        for kind, pred in enumerate((None, left, up, (left + up) >> 1, paeth)):  # filter types 0..4
+            f = x if pred is None else ((xi - pred) & 0xFF).astype(np.uint8)
+            cost = np.abs(f.view(np.int8).astype(np.int16)).sum(axis=1, dtype=np.int64)
+            better = cost < best
+            best[better] = cost[better]
+            out[better, 0] = kind
+            out[better, 1:] = f[better]
+        return out
+
+    def finish(self) -> None:
+        self.pending += self.zip.flush()
+        self._chunk(b"IDAT", bytes(self.pending))
+        self.pending.clear()
+        self._chunk(b"IEND", b"")
+
+
+def write_bands(path: str | os.PathLike, size: tuple[int, int], bands: Iterable[tuple[int, np.ndarray]],
+                alpha: np.ndarray | None = None, gray: bool = False, quality: int = 95,
+                progress: Callable[[int], None] | None = None) -> None:
+    """Write the upscaled colour, given as bands (first row, (3, r, W) float32 in [0, 1]) from top
+    to bottom, as the output image of a source with this ``alpha`` and grayscale flag (what
+    :func:`compose_output` does for a whole image, band by band): grayscale sources give the
+    channel mean, an alpha channel is resized once with Pillow's bicubic filter (1 byte a pixel;
+    Pillow's resize of a part is not the same as the part of its resize) and appended.
+    Memory beyond a band: that alpha channel, and for formats other than PNG the 8-bit image
+    (:class:`ImageWriter`). ``progress(n_rows)`` after each band."""
+    H, W = size
+    big_alpha = None
+    if alpha is not None:
+        big_alpha = np.asarray(Image.fromarray(alpha).resize((W, H), Image.Resampling.BICUBIC))
+    channels = (1 if gray else 3) + (alpha is not None)
+    with ImageWriter(path, H, W, channels, quality) as out:
+        for r0, rgb in bands:
+            part = compose_output(rgb, None, gray)
+            if big_alpha is not None:
+                a = big_alpha[r0:r0 + rgb.shape[1]].astype(np.float32) / np.float32(255)
+                part = np.concatenate([part, a[None]], axis=0)
+            out.write(part)
+            if progress is not None:
+                progress(rgb.shape[1])

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -198,6 +198,16 @@ class OnnxUpscaler:
     def upsample(self, img: np.ndarray, size: tuple[int, int],
                  progress: Callable[[int], None] | None = None) -> np.ndarray:
         """``img`` (3, h, w) float32 in [0, 1] -> (3, H, W) float32 in [0, 1] for ``size`` = (H, W)."""
+        out = np.empty((3, int(size[0]), int(size[1])), dtype=np.float32)
+        for r0, rgb in self.upsample_bands(img, size):
+            out[:, r0:r0 + rgb.shape[1]] = rgb
+            if progress is not None:
+                progress(rgb.shape[1])
+        return out
+
+    def upsample_bands(self, img: np.ndarray, size: tuple[int, int]) -> Iterator[tuple[int, np.ndarray]]:
+        """:meth:`upsample` as bands of whole rows from top to bottom: (first row, (3, r, W)), so
+        that a caller writing them away (:func:`upscale_file`) never holds the output image."""
         if not (isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[0] == 3
                 and np.issubdtype(img.dtype, np.floating)):
             got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
@@ -206,13 +216,15 @@ class OnnxUpscaler:
         _, h, w = img.shape
         if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in size):
             raise UserError(f"the output size (H, W) must be two whole numbers >= 1, got {tuple(size)}")
-        H, W = int(size[0]), int(size[1])
+        return self._bands(img, int(size[0]), int(size[1]))  # checked now, computed when iterated
+
+    def _bands(self, img: np.ndarray, H: int, W: int) -> Iterator[tuple[int, np.ndarray]]:
+        _, h, w = img.shape
         scale_hw = (H / h, W / w)
         cell = clipped_cell((H, W), scale_hw, float(self.meta["scale_max"]))
         image = np.ascontiguousarray(self.normalise(img[None].astype(np.float32, copy=False)))
         tables = self.latent(self.encode(image), image, cell.reshape(1, 1, 2))
         sub, div = self._gt
-        out = np.empty((3, H, W), dtype=np.float32)
         rows_y, cols_x = axis_coords(H), axis_coords(W)
         band = max(1, self.chunk // W)
         for r0 in range(0, H, band):
@@ -223,20 +235,18 @@ class OnnxUpscaler:
             coord[0, :, 1] = np.tile(cols_x, r1 - r0)
             rgb = self.render(image, tables, coord, np.broadcast_to(cell, (1, n, 2)).copy())[0]
             rgb = rgb * div + sub  # back to [0, 1] (per channel)
-            out[:, r0:r1] = np.clip(rgb, 0, 1).reshape(r1 - r0, W, 3).transpose(2, 0, 1)
-            if progress is not None:
-                progress(r1 - r0)
-        return out
+            yield r0, np.clip(rgb, 0, 1).reshape(r1 - r0, W, 3).transpose(2, 0, 1)
 
 
 def upscale_file(model: OnnxUpscaler, src, dst: str | os.PathLike,
                  size: tuple[int, int] | Callable[[int, int], tuple[int, int]],
                  progress: Callable[[int], None] | None = None) -> None:
     """Read ``src`` (a file or a PIL image), upscale to ``size`` = (H, W) (or ``size(h, w)`` -> (H, W))
-    and write ``dst``. Grayscale and alpha are handled as by ``models.inference.upscale_image``,
-    with the same numpy helpers: the colour hidden under fully transparent pixels is filled from the
-    visible ones first (:func:`utils.images.fill_transparent`), grayscale sources give grayscale and
-    the alpha channel is upscaled with Pillow's bicubic filter (:func:`utils.images.compose_output`)."""
+    and write ``dst`` band by band (a PNG is never held in memory: :func:`utils.images.write_bands`).
+    Grayscale and alpha are handled as by ``models.inference.upscale_file``, with the same numpy
+    helpers: the colour hidden under fully transparent pixels is filled from the visible ones first
+    (:func:`utils.images.fill_transparent`), grayscale sources give grayscale and the alpha channel
+    is upscaled with Pillow's bicubic filter."""
     from utils import images
 
     if isinstance(src, (str, os.PathLike)) and Path(dst).exists() and Path(dst).resolve() == Path(src).resolve():
@@ -247,5 +257,5 @@ def upscale_file(model: OnnxUpscaler, src, dst: str | os.PathLike,
         size = size(arr.shape[0], arr.shape[1])
     if alpha is not None:
         img = images.fill_transparent(img, alpha)
-    rgb = model.upsample(img, size, progress)
-    images.save_array(images.compose_output(rgb, alpha, gray), dst)
+    bands = model.upsample_bands(img, size)  # the image and the size are checked before the file is opened
+    images.write_bands(dst, size, bands, alpha, gray, progress=progress)

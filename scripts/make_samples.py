@@ -1,7 +1,13 @@
 #!/usr/bin/env python
 """Make the sample images in samples/ (procedural, so they can be redistributed freely).
 
-    python scripts/make_samples.py            # rewrites samples/*.png (deterministic)
+    python scripts/make_samples.py --overwrite          # rewrites samples/*.png (deterministic)
+    python scripts/make_samples.py --train --overwrite  # rewrites samples/train/ (the "try it" training set)
+
+``--train`` makes the tiny training set of the README's "try it" recipe
+(configs/cpu/try_lmliif.yaml): 32 images of 128x128 in the styles below with other seeds, about
+1 MB, so that training runs on a fresh clone without downloading anything. An existing file is
+replaced only with ``--overwrite``.
 
 They are computed from seeded noise and geometry by this script alone (no photo or third-party
 image is involved), which is why the repository may ship them: the output of this script is
@@ -11,10 +17,17 @@ something to run on in a fresh clone; they are no benchmark (use Set5/Set14/...:
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from utils.atomic import write_atomic  # noqa: E402
+from utils.cli import add_overwrite, output_path  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "samples"
 
@@ -80,18 +93,61 @@ def badge_rgba(rng, w=96, h=96) -> Image.Image:
     return Image.fromarray(arr, "RGBA")
 
 
+def texture(rng, w=128, h=128) -> Image.Image:
+    """Stripes and checks at random angles and frequencies under colour noise: the high
+    frequencies an upscaler has to learn (the other styles are mostly smooth)."""
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    a, f = rng.uniform(0, np.pi), rng.uniform(6, 30)
+    u = np.cos(a) * xx + np.sin(a) * yy
+    v = -np.sin(a) * xx + np.cos(a) * yy
+    pat = 0.5 + 0.5 * np.sign(np.sin(2 * np.pi * f * u)) * (np.sin(2 * np.pi * f * v) if rng.random() < 0.5 else 1)
+    n = _noise(rng, h, w, 4)
+    c0, c1 = rng.random(3), rng.random(3)
+    img = c0 * (1 - pat[..., None]) + c1 * pat[..., None]
+    img = 0.8 * img + 0.2 * n[..., None]
+    return Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.5))
+
+
 SAMPLES = {"clouds.png": clouds, "shapes.png": shapes, "rings.png": rings, "badge_rgba.png": badge_rgba}
+TRAIN_STYLES = (clouds, shapes, rings, texture)
+TRAIN_COUNT = 32
+
+
+def training_set() -> dict[str, Callable[[], Image.Image]]:
+    """name -> maker of the "try it" training images (128x128, seeds 2000+)."""
+    def one(i: int) -> Callable[[], Image.Image]:
+        style = TRAIN_STYLES[i % len(TRAIN_STYLES)]
+        return lambda: style(np.random.default_rng(2000 + i), 128, 128).convert("RGB")
+    return {f"{i:03d}.png": one(i) for i in range(TRAIN_COUNT)}
+
+
+def save_png(img: Image.Image, path: Path) -> None:
+    write_atomic(path, lambda f: img.save(f, format="PNG", optimize=True), "image")
+
+
+def samples() -> dict[str, Callable[[], Image.Image]]:
+    """name -> maker of the demo samples (seeds 1000+)."""
+    def one(i: int, make: Callable[[np.random.Generator], Image.Image]) -> Callable[[], Image.Image]:
+        return lambda: make(np.random.default_rng(1000 + i))
+    return {name: one(i, make) for i, (name, make) in enumerate(SAMPLES.items())}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(OUT), help="folder to write (default: %(default)s)")
+    ap.add_argument("--out", help=f"folder to write (default: {OUT}, or {OUT / 'train'} with --train)")
+    ap.add_argument("--train", action="store_true", help="make the tiny training set instead of the samples")
+    add_overwrite(ap, "image")
     args = ap.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, (name, make) in enumerate(SAMPLES.items()):
-        make(np.random.default_rng(1000 + i)).save(out / name, optimize=True)
-        print(out / name)
+    out = Path(args.out) if args.out else (OUT / "train" if args.train else OUT)
+    makers = training_set() if args.train else samples()
+    try:
+        paths = [output_path(out / name, args.overwrite, "--out", "image") for name in makers]  # all checked first
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path, make in zip(paths, makers.values(), strict=True):
+        save_png(make(), path)
+        print(path)
     return 0
 
 

@@ -20,9 +20,15 @@ Steps (each a subprocess with its own timeout; a failing step does not stop the 
 * ``devices`` — demo.py, test.py and train.py with their default device (no ``--device``), as a
   GPU user runs them first: each must run, on ``cuda:0``;
 * ``precision`` — ``--precision bf16`` against fp32: end-to-end upscaling times (320x180 x4/x8/x12,
-  960x540 x2/x4; scripts/bench_upsample.py) and test.py's Set14 PSNR at x2/x3/x4;
+  960x540 x2/x4; scripts/bench_upsample.py) and test.py's Set14 PSNR and time at x2/x3/x4 (scripts/bench_precision.py);
 * ``liif``    — the official LIIF release (bundled fp16 copy) x4 from 320x180, end to end, against
-  the official LIIF code's time on the H200 (128.2 ms): query chunks sized from free memory.
+  the official LIIF code's time on the H200 (128.2 ms): query chunks sized from free memory;
+* ``programs`` — whole programs, wall clock: test.py Set14 x4 with the LIIF release (the official
+  test.py: 6.8 s on the H200), test.py Set14 x12 without and with CMSR, demo.py 960x540 x4 twice.
+* ``video``   — video upscaling end to end (scripts/bench_video.py: decode -> model -> encode, audio
+  copied, output read back): 960x540 -> 3840x2160 and 1280x720 -> 1920x1080 in fp32 and bf16, then
+  540p -> 4K in bf16 with x264's veryfast preset; frames/s and the stages' shares (goal: >= 30
+  frames/s end to end for 540p -> 4K in bf16). Needs requirements-video.txt (skipped without PyAV).
 
 The summary ends with one PASS/FAIL line for each failure that the first GPU run found
 (``../shared/measurements/gpu-h200-2026-12.md``), from the steps that measure it. The exit status
@@ -36,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import re
@@ -47,7 +52,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("env", "devices", "golden", "train", "cmsr", "bench", "encoder", "precision", "liif")
+STEPS = ("env", "devices", "golden", "train", "cmsr", "bench", "encoder", "precision", "liif", "programs", "video")
+OFFICIAL_TEST_SET14_X4_S = 6.8  # the official LIIF test.py, Set14 x4, LIIF release, on the H200 (measurements file)
 OFFICIAL_LIIF_X4_MS = 128.2  # the official LIIF code, x4 from 320x180, on the H200 (measurements file)
 
 
@@ -248,21 +254,13 @@ def main() -> None:
                                 "--repeats", "2" if quick else "10"], out / "precision-speed.log", 240)
         body = [text.strip()]
         if (Path(args.data) / "benchmark" / "Set14").is_dir():
-            psnr = {}
-            for p in ("fp32", "bf16"):
-                res = out / f"precision-set14-{p}.json"
-                cmd = [py, "test.py", "--config", "configs/test/test-set14.yaml", "--model", "weights/lmliif_edsr-b_cpu.pth",
-                       "--scales", "4" if quick else "2,3,4", "--device", dev, "--precision", p, "--out", str(res)
-                       ] + (["--limit", "1"] if quick else [])
-                res.unlink(missing_ok=True)
-                c, t, s2 = run(cmd, out / f"precision-set14-{p}.log", 200, env={"LMF_DATA": str(Path(args.data).resolve())})
-                code, secs = code or c, secs + s2
-                if c == 0:
-                    psnr[p] = {m["scale"]: m["psnr"] for m in json.loads(res.read_text())["means"]}
-            if len(psnr) == 2:
-                body.append("| Set14 | fp32 dB | bf16 dB | change |\n|---|---|---|---|\n" + "\n".join(
-                    f"| x{k} | {psnr['fp32'][k]:.4f} | {psnr['bf16'][k]:.4f} | {psnr['bf16'][k] - psnr['fp32'][k]:+.4f} |"
-                    for k in psnr["fp32"]))
+            # test.py's Set14 PSNR and evaluation time, fp32 then bf16 (scripts/bench_precision.py)
+            c, t, s2 = run([py, "scripts/bench_precision.py", "--models", "weights/lmliif_edsr-b_cpu.pth",
+                            "--sets", "Set14", "--scales", "4" if quick else "2,3,4", "--device", dev,
+                            "--data", str(Path(args.data).resolve())] + (["--limit", "1"] if quick else []),
+                           out / "precision-set14.log", 300)
+            code, secs = code or c, secs + s2
+            body.append(t.strip())
         report("precision", code, secs, "\n\n".join(body))
 
     if "liif" in steps:
@@ -274,6 +272,17 @@ def main() -> None:
             verdict("4. LIIF x4 from 320x180 at least as fast as the official LIIF code",
                     float(ms.group(1)) <= OFFICIAL_LIIF_X4_MS, f"{ms.group(1)} ms vs {OFFICIAL_LIIF_X4_MS} ms")
         report("liif", code, secs, text.strip())
+
+    if "programs" in steps:
+        code, text, secs, cmsr_ok = programs_step(args, out, py)
+        if cmsr_ok is not None:
+            verdict("3. CMSR makes test.py faster, not slower (Set14 x12)", cmsr_ok,
+                    next((line for line in text.splitlines() if line.startswith("Set14 x12 with CMSR")), ""))
+        report("programs", code, secs, text)
+
+    if "video" in steps:
+        code, text, secs = video_step(args, out, py)
+        report("video", code, secs, text)
 
     if verdicts:
         lines.extend(["## The first GPU run's failures, re-checked", "", *verdicts, ""])
@@ -307,6 +316,84 @@ def devices_step(args: argparse.Namespace, out: Path, py: str) -> tuple[int, str
         rows.append(f"| {name} | {code} | {want if on else 'not ' + want} | {'ok' if ok else 'FAILED'} |")
     rows.append(f"default device: {'all three ran on ' + want if worst == 0 else 'FAILED'}")
     return worst, "\n".join(rows), total
+
+
+def programs_step(args: argparse.Namespace, out: Path, py: str) -> tuple[int, str, float, bool | None]:
+    """Whole programs, wall clock as a user waits for them: test.py Set14 x4 with the official
+    LIIF release (the official test.py took 6.8 s on the H200), test.py Set14 x12 without and
+    with CMSR, demo.py 960x540 -> 3840x2160 twice (a first and a second run)."""
+    folder = out / "programs"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    quick, dev = args.quick, args.device
+    data = Path(args.data).resolve()
+    env = {"LMF_DATA": str(data)}
+    limit = ["--limit", "1"] if quick else []
+    rows, worst, total, walls = ["| program | wall s | |", "|---|---|---|"], 0, 0.0, {}
+
+    breakdowns: list[str] = []
+
+    def timed(name: str, cmd: list[str]) -> None:
+        nonlocal worst, total
+        code, text, secs = run(cmd, out / f"programs-{name.split(',')[0].replace(' ', '-')}.log", 300, env=env)
+        worst, total = worst or code, total + secs
+        walls[name] = secs
+        rows.append(f"| {name} | {secs:.1f} | {'ok' if code == 0 else f'FAILED ({code})'} |")
+        profile = [line for line in text.splitlines() if line.startswith("# ") and ("breakdown" in line or line.startswith("#   "))]
+        if profile:  # test.py --profile: where the wall time went
+            breakdowns.extend(["", f"{name}:", "```", *profile, "```"])
+
+    if (data / "benchmark" / "Set14").is_dir():
+        test = [py, "test.py", "--config", "configs/test/test-set14.yaml", "--device", dev, "--profile", *limit]
+        timed("test.py Set14 x4, LIIF release", [*test, "--model", "weights/liif_edsr-b_official_fp16.pth", "--scales", "4"])
+        timed("test.py Set14 x12, bundled", [*test, "--model", "weights/lmliif_edsr-b_cpu.pth", "--scales", "12"])
+        timed("test.py Set14 x12, bundled, CMSR", [*test, "--model", "weights/lmliif_edsr-b_cpu.pth", "--scales", "12",
+                                                   "--cmsr", "weights/cmsr_lmliif_edsr-b_cpu.yaml"])
+    from PIL import Image
+
+    size = (120, 68) if quick else (960, 540)
+    src = folder / f"input_{size[0]}x{size[1]}.png"
+    Image.open(ROOT / "samples" / "clouds.png").convert("RGB").resize(size, Image.Resampling.BICUBIC).save(src)
+    for n in ("first", "second"):
+        timed(f"demo.py {size[0]}x{size[1]} x4 ({n} run)", [py, "demo.py", "--input", str(src), "--scale", "4",
+                                                            "--device", dev, "--output", str(folder / f"demo-{n}.png")])
+    liif = walls.get("test.py Set14 x4, LIIF release")
+    if liif is not None and not quick:
+        rows.append(f"test.py Set14 x4 LIIF release: {liif:.1f} s (official test.py on the H200: "
+                    f"{OFFICIAL_TEST_SET14_X4_S} s)")
+    cmsr_ok = None
+    a, b = walls.get("test.py Set14 x12, bundled"), walls.get("test.py Set14 x12, bundled, CMSR")
+    if a is not None and b is not None and worst == 0:
+        cmsr_ok = b <= a if dev.startswith("cuda") else None
+        rows.append(f"Set14 x12 with CMSR {b:.1f} s vs {a:.1f} s without")  # the verdict's detail
+    return worst, "\n".join(rows + breakdowns), total, cmsr_ok
+
+
+def video_step(args: argparse.Namespace, out: Path, py: str) -> tuple[int, str, float]:
+    """scripts/bench_video.py on the device: 540p -> 4K and 720p -> 1080p, fp32 and bf16 (x264
+    medium, the program's default), then 540p -> 4K bf16 with x264 veryfast (how much of the 4K
+    rate is the encoder's). The step fails if a run fails or writes a wrong file; the frames/s
+    goal is reported, not judged (it depends on the encoder's CPU share as much as on the GPU)."""
+    import importlib.util
+
+    if importlib.util.find_spec("av") is None:
+        return 0, "skipped: PyAV is not installed (pip install -r requirements-video.txt)", 0.0
+    quick, dev = args.quick, args.device
+    frames = "2" if quick else "120"
+    big, small = ("64x36:128x72", "") if quick else ("960x540:3840x2160", "1280x720:1920x1080")
+    base = [py, "scripts/bench_video.py", "--device", dev, "--frames", frames]
+    code, text, secs = run(base + ["--cases", ",".join(c for c in (big, small) if c), "--precisions", "fp32,bf16"],
+                           out / "video.log", 600)
+    c2, t2, s2 = run(base + ["--cases", big, "--precisions", "bf16", "--preset", "veryfast"], out / "video-veryfast.log",
+                     300)
+    rates = [float(m) for m in re.findall(rf"^\| {big.split(':')[0]} \| {big.split(':')[1]} \| bf16 \| ([0-9.]+) \|",
+                                          text + t2, flags=re.M)]
+    body = [text.strip(), "", "x264 preset veryfast:", "", t2.strip(), ""]
+    if rates and not quick:
+        best = max(rates)
+        body.append(f"goal 540p -> 4K bf16 >= 30 frames/s end to end: {best:.1f} frames/s "
+                    f"({'met' if best >= 30 else 'NOT met'})")
+    return code or c2, "\n".join(body), secs + s2
 
 
 if __name__ == "__main__":

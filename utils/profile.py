@@ -74,13 +74,13 @@ class Profile:
                 self._stack[-1].children += spent
 
     def add(self, name: str, seconds: float) -> None:
-        """Count ``seconds`` under ``name`` (e.g. start-up measured before the profile opened)."""
+        """Count ``seconds`` under ``name``."""
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
         self.calls[name] = self.calls.get(name, 0) + 1
 
     @property
     def wall(self) -> float:
-        return (self.stop or time.perf_counter()) - self.start + self.seconds.get("start-up", 0.0)
+        return (self.stop or time.perf_counter()) - self.start
 
     def model_seconds(self) -> float:
         return sum(self.seconds.get(n, 0.0) for n in MODEL_PHASES)

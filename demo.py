@@ -7,6 +7,8 @@
     python demo.py --input x.png --size 1920x1080 --output y.jpg   # exact output size (W x H)
     python demo.py --input x.png --scale 12 --cmsr table.yaml --output y.png --model ckpt.pth
     python demo.py --onnx export/lmliif --input x.png --scale 3.5 --output y.png   # no torch needed
+    python demo.py --input photos --scale 2 --output photos_x2     # every image of a folder; run again to resume
+    python demo.py --input in.mp4 --size 1920x1080 --output out.mp4   # a video (pip install -r requirements-video.txt)
 
 Any Pillow-readable input (PNG, JPEG, BMP, TIFF, ...; grayscale, palette, 16-bit). Colour is
 upscaled by the model; an alpha channel is upscaled separately with Pillow's bicubic filter and
@@ -31,6 +33,7 @@ from utils.cli import (Parser, add_overwrite, add_precision, check_output, devic
                        no_torch_message, output_path, parse_scale, pick_device, positive_int, run_main, scale_label)
 from utils.errors import UserError
 from utils.images import IMAGE_EXTENSIONS
+from utils.video import is_video
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "lmliif_edsr-b_cpu.pth"
 DEFAULT_CMSR = DEFAULT_MODEL.parent / "cmsr_lmliif_edsr-b_cpu.yaml"
@@ -130,7 +133,13 @@ def render(model, inp_path: Path, out_path: Path, size: tuple[int, int], args: a
             bar.close()
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, engine: dict | None = None) -> dict:
+    """One image file into one image file; a folder or a video as --input goes to :func:`run_folder`
+    or :func:`run_video`. ``engine``: the model a folder loads once for all its images."""
+    if engine is None and Path(args.input).is_dir():
+        return run_folder(args)
+    if engine is None and is_video(args.input):
+        return run_video(args)
     inp_path, out_path = check_paths(args)
     if args.onnx is not None:
         return run_onnx(args, inp_path, out_path)
@@ -140,8 +149,7 @@ def run(args: argparse.Namespace) -> dict:
     h, w = arr.shape[:2]
     del arr
     H, W = output_size(args, h, w)
-    device = pick_device(args.device)
-    model, cmsr = load(args, device)
+    device, model, cmsr = loaded(args, {} if engine is None else engine)
     from models.lm import LMDecoder
 
     check_memory(args, (h, w), (H, W), alpha is not None, isinstance(model, LMDecoder), args.bsize)
@@ -181,10 +189,80 @@ def run_onnx(args: argparse.Namespace, inp_path: Path, out_path: Path) -> dict:
     return info
 
 
+def loaded(args: argparse.Namespace, engine: dict) -> tuple:
+    """(device, model, CMSR or None), loaded into ``engine`` on first use and kept there."""
+    if "model" not in engine:
+        engine["device"] = pick_device(args.device)
+        engine["model"], engine["cmsr"] = load(args, engine["device"])
+    return engine["device"], engine["model"], engine["cmsr"]
+
+
+def run_folder(args: argparse.Namespace) -> dict:
+    """--input DIR --output DIR: every image through :func:`run` with one model (utils/folder.py:
+    existing outputs skipped, so a re-run resumes; a failing image reported and skipped)."""
+    from utils.folder import plan_folder, run_folder as run_images
+
+    if args.onnx is not None:
+        raise UserError("--onnx upscales one image at a time; give an image file as --input")
+    if (args.scale is None) == (args.size is None):
+        raise UserError("give exactly one of --scale and --size")
+    plan = plan_folder(args.input, args.output, args.recursive, args.overwrite)
+    engine: dict = {}
+
+    def work(src: Path, dst: Path) -> str:
+        one = argparse.Namespace(**{**vars(args), "input": str(src), "output": str(dst)})
+        return describe(one, run(one, engine))
+
+    return {"line": run_images(plan, work, args.overwrite)}
+
+
+def run_video(args: argparse.Namespace) -> dict:
+    """--input movie.mp4 --output out.mp4: every frame through the model, streamed with the audio
+    copied (models/video.py, utils/video.py)."""
+    from utils.video import VIDEO_EXTENSIONS, Encoding, check_encoding, import_av
+
+    inp_path, out_path = Path(args.input), Path(args.output)
+    if args.onnx is not None:
+        raise UserError("--onnx upscales images; video runs with the PyTorch model")
+    import_av()
+    if not is_video(out_path):
+        raise UserError(f"--output {out_path}: a video input makes a video; end the name in "
+                        f"{', '.join(VIDEO_EXTENSIONS[:5])}, ...")
+    if out_path.exists() and inp_path.exists() and out_path.resolve() == inp_path.resolve():
+        raise UserError(f"--output is the input file {inp_path}; refusing to overwrite the input")
+    check_output(out_path, args.overwrite, "--output", "output video")
+    if (args.scale is None) == (args.size is None):
+        raise UserError("give exactly one of --scale and --size")
+    enc = check_encoding(Encoding(args.codec, args.crf, args.preset, args.pix_fmt))
+    from models.video import describe as describe_video, upscale_video
+
+    engine: dict = {}
+    info = upscale_video(lambda: loaded(args, engine)[1:], inp_path, out_path, lambda h, w: output_size(args, h, w),
+                         enc, exact=args.size is not None, batch=args.batch, bsize=args.bsize, overwrite=args.overwrite)
+    (w, h), (W, H) = info["in"], info["out"]
+    return {"line": f"{inp_path} ({w}x{h}) -> {out_path} ({W}x{H}) in {info['seconds']:.1f} s on "
+                    f"{device_label(engine['device'])}: {describe_video(info)}"}
+
+
+def describe(args: argparse.Namespace, info: dict) -> str:
+    """The line printed for an upscaled image: sizes, time, device and what the user should know."""
+    (w, h), (W, H) = info["in"], info["out"]
+    extra = f" in {info['seconds']:.1f} s on {info['device']}"
+    sx, sy = W / w, H / h
+    if abs(sx / sy - 1) > 0.01:
+        extra += f", aspect ratio changed (x{sy:.3g} vertically, x{sx:.3g} horizontally)"
+    if "cmsr_skipped_fraction" in info:
+        extra += f", CMSR skipped {100 * info['cmsr_skipped_fraction']:.1f}% of render queries"
+    if "cmsr_note" in info:
+        extra += f"; note: {info['cmsr_note']}"
+    return f"{args.input} ({w}x{h}) -> {args.output} ({W}x{H}){extra}"
+
+
 def build_parser() -> Parser:
     ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--input", required=True, help="image to upscale")
-    ap.add_argument("--output", required=True, help="where to write the result (.png, .jpg, ...; folders are created)")
+    ap.add_argument("--input", required=True, help="image to upscale, or a folder of images, or a video")
+    ap.add_argument("--output", required=True, help="where to write the result (.png, .jpg, ...; a folder for a folder, "
+                    ".mp4, .mkv, ... for a video; folders are created)")
     add_overwrite(ap, "--output file")
     ap.add_argument("--scale", type=parse_scale, help="factor (3.5) or HxW factors (3x2: x3 vertically, x2 horizontally)")
     ap.add_argument("--size", help="output size WIDTHxHEIGHT in pixels (instead of --scale)")
@@ -196,6 +274,18 @@ def build_parser() -> Parser:
     ap.add_argument("--bsize", type=positive_int, help="queries rendered at a time (memory/speed trade-off)")
     ap.add_argument("--onnx", metavar="DIR", help="use a model exported by scripts/export_onnx.py "
                     "(onnxruntime, no PyTorch needed; see docs/export.md)")
+    many = ap.add_argument_group("a folder (--input DIR --output DIR) or a video (--input in.mp4 --output out.mp4; "
+                                 "video needs: pip install -r requirements-video.txt)")
+    many.add_argument("--recursive", action="store_true", help="folder: its subfolders too (same layout under --output)")
+    many.add_argument("--batch", type=positive_int, help="video: frames per model call (default 4 on CUDA, 1 on the CPU)")
+    many.add_argument("--codec", default="libx264", help="video encoder: libx264 (default), libx265, libvpx-vp9, "
+                      "ffv1 (lossless), ...")
+    many.add_argument("--crf", type=float, help="video quality, lower is better and larger "
+                      "(default 18 for libx264, 20 libx265, 30 libvpx-vp9)")
+    many.add_argument("--preset", help="libx264/libx265 speed preset (default medium; veryfast encodes several times "
+                      "faster, for larger files)")
+    many.add_argument("--pix-fmt", default="yuv420p", help="video pixel format (default yuv420p, which every player "
+                      "shows; yuv444p keeps full colour)")
     return ap
 
 
@@ -203,20 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         args = build_parser().parse_args(argv)
         info = run(args)
-        (w, h), (W, H) = info["in"], info["out"]
-        extra = f" in {info['seconds']:.1f} s on {info['device']}"
-        sx, sy = W / w, H / h
-        if abs(sx / sy - 1) > 0.01:
-            extra += f", aspect ratio changed (x{sy:.3g} vertically, x{sx:.3g} horizontally)"
-        if "cmsr_skipped_fraction" in info:
-            extra += f", CMSR skipped {100 * info['cmsr_skipped_fraction']:.1f}% of render queries"
-        if "cmsr_note" in info:
-            extra += f"; note: {info['cmsr_note']}"
-        print(f"{args.input} ({w}x{h}) -> {args.output} ({W}x{H}){extra}")
+        print(info["line"] if "line" in info else describe(args, info))
 
     return run_main(body, out_of_memory="out of GPU memory or RAM; use a smaller --scale/--size or pass a "
                     "smaller --bsize (queries rendered at a time), or use --device cpu",
-                    interrupted="interrupted; nothing was written",
+                    interrupted="interrupted; no file was left half-written (a folder run resumes when "
+                    "run again)",
                     no_torch=no_torch_message("demo.py", "or upscale with an exported model and onnxruntime alone: "
                                               "demo.py --onnx DIR (docs/export.md)"))
 

@@ -87,6 +87,8 @@ def test_subfolders_with_recursive_and_the_output_folder_is_not_input(tmp_path, 
     assert "is the input folder" in capsys.readouterr().err
     assert _demo("--input", str(src), "--output", str(src / "a.png"), "--scale", "2") == 2
     assert "is a file" in capsys.readouterr().err
+    assert _demo("--input", str(src), "--output", str(tmp_path / "new.png"), "--scale", "2") == 2
+    assert "names an image file" in capsys.readouterr().err and not (tmp_path / "new.png").exists()
 
 
 def test_a_killed_folder_run_resumes_without_redoing_finished_images(tmp_path):

@@ -54,8 +54,9 @@ def plan_folder(src: str | os.PathLike, dst: str | os.PathLike, recursive: bool 
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise UserError(f"input folder {src} does not exist" if not src.exists() else f"--input {src} is not a folder")
-    if dst.exists() and not dst.is_dir():
-        raise UserError(f"--output {dst} is a file; with a folder as --input, --output is a folder (made if missing)")
+    if (dst.exists() and not dst.is_dir()) or (not dst.exists() and dst.suffix.lower() in IMAGE_EXTENSIONS):
+        what = "is a file" if dst.exists() else "names an image file"
+        raise UserError(f"--output {dst} {what}; with a folder as --input, --output is a folder (made if missing)")
     src_r, dst_r = src.resolve(), dst.resolve()
     if src_r == dst_r:
         raise UserError(f"--output {dst} is the input folder; give another folder (the inputs are never replaced)")

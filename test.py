@@ -397,17 +397,21 @@ def save_sr(outputs: Outputs, name: str, label: str, sr: torch.Tensor) -> None:
     save_image(sr, output_path(dest, outputs.overwrite, "--save-dir", "SR image"))
 
 
-def evaluate_item(model: ImplicitDecoder | None, run_: Run, i: int, opt: Options,
+def read_item(run_: Run, i: int) -> dict:
+    """Sample ``i`` of ``run_``: the image files, the bicubic LR, the query grid."""
+    try:
+        return run_.dataset[i]
+    except UserError as e:  # name the image when the dataset's message does not
+        name = run_.names[i]
+        raise (e if name in str(e) else UserError(f"{name}: {e}")) from None
+
+
+def evaluate_item(model: ImplicitDecoder | None, run_: Run, i: int, item: dict, opt: Options,
                   device: torch.device) -> tuple[dict, torch.Tensor]:
-    """Image ``i`` of ``run_`` -> (its record, the SR image)."""
+    """Image ``i`` of ``run_`` (``item``, read) -> (its record, the SR image)."""
     from utils.metrics import psnr, ssim
 
     name = run_.names[i]
-    try:
-        with phase("reading"):  # the image files, the bicubic LR, the query grid
-            item = run_.dataset[i]
-    except UserError as e:  # name the image when the dataset's message does not
-        raise (e if name in str(e) else UserError(f"{name}: {e}")) from None
     sr, hr, s, stats = super_resolve(model, item, run_.scale, opt, device)
     label = run_.label or scale_label((round(s[0], 4), round(s[1], 4)))
     try:
@@ -427,16 +431,25 @@ def evaluate_item(model: ImplicitDecoder | None, run_: Run, i: int, opt: Options
 def evaluate(runs: list[Run], model: ImplicitDecoder | None, opt: Options, device: torch.device,
              outputs: Outputs, limit: int | None) -> None:
     """Every image of every run: a line per image on stdout, records kept on the runs."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
     from tqdm import tqdm
 
-    with torch.no_grad():
+    # the next image is read in a thread while the model works on this one (in order, so random
+    # wrappers draw the same samples); "reading" is then only the time spent waiting for it
+    with torch.no_grad(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="read") as pool:
         for run_ in runs:
             n = len(run_.dataset) if limit is None else min(limit, len(run_.dataset))
             bar = tqdm(range(n), desc=f"x{run_.label}" if run_.label else "test", file=sys.stderr,
                        disable=None, leave=False, dynamic_ncols=True)
+            ahead = pool.submit(read_item, run_, 0) if n else None
             for i in bar:
-                rec, sr = evaluate_item(model, run_, i, opt, device)
+                assert ahead is not None
+                with phase("reading"):
+                    item = ahead.result()
+                ahead = pool.submit(read_item, run_, i + 1) if i + 1 < n else None
+                rec, sr = evaluate_item(model, run_, i, item, opt, device)
                 run_.records.append(rec)
                 if outputs.save_dir is not None:
                     with phase("writing"):

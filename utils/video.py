@@ -47,6 +47,7 @@ INSTALL = "pip install -r requirements-video.txt"
 _MATRIX = {1: "ITU709", 4: "FCC", 5: "ITU601", 6: "ITU601", 7: "SMPTE240M", 9: "BT2020", 10: "BT2020"}
 _BT709, _BT470BG, _SMPTE170M, _UNSPECIFIED = 1, 5, 6, 2  # AVColorSpace/Primaries/TransferCharacteristic
 _MPEG, _JPEG = 1, 2  # AVColorRange: limited (16-235) and full (0-255)
+_RANGE_NAME = {_MPEG: "MPEG", _JPEG: "JPEG"}  # as PyAV's reformatter names them
 
 # codec -> (default CRF, default preset): the codecs whose quality is one CRF number
 CRF_CODECS: dict[str, tuple[float, str | None]] = {
@@ -197,7 +198,8 @@ class VideoReader:
         while frame is not None:
             t = time.perf_counter()
             rgb = frame.to_ndarray(format="rgb24", width=self.width, height=self.height,
-                                   src_colorspace=self.colour.matrix, src_color_range=self.colour.in_range)
+                                   src_colorspace=self.colour.matrix,
+                                   src_color_range=_RANGE_NAME[self.colour.in_range])
             pts = frame.pts - self.offset if frame.pts is not None else (0 if pts_prev is None else pts_prev + step)
             dur = frame.duration or step
             self.count += 1
@@ -397,11 +399,10 @@ class VideoWriter:
         av = import_av()
         t = time.perf_counter()
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        kw: dict[str, Any] = {"format": self.enc.pix_fmt}
         if self._yuv:
-            frame = frame.reformat(format=self.enc.pix_fmt, dst_colorspace=self.reader.colour.matrix,
-                                   dst_color_range=_MPEG, threads=0)
-        else:
-            frame = frame.reformat(format=self.enc.pix_fmt, threads=0)
+            kw.update(dst_colorspace=self.reader.colour.matrix, dst_color_range="MPEG")
+        frame = frame.reformat(threads=0, **kw)  # swscale on every core: a 4K frame takes ~25 ms on one
         frame.pts, frame.time_base = pts, self.reader.time_base
         self._mux(self.video.encode(frame))
         self.seconds += time.perf_counter() - t

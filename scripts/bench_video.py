@@ -9,7 +9,8 @@ runs it: models.video.upscale_video), and where the time goes. Needs requirement
 A case is ``WIDTHxHEIGHT:SCALE`` or ``WIDTHxHEIGHT:WIDTHxHEIGHT`` (input, then scale or output size).
 For each case a procedural clip with sound (scripts/make_clip.py, ``--frames`` frames at 30 fps)
 is made once and upscaled into a fresh file with the bundled model (``--model``) in each
-precision; the output is read back (frame count and size checked). Reported per run:
+precision, ``--repeats`` times alternating with the model alone; the output is read back (frame
+count and size checked). Reported (medians of the rounds):
 
 * frames/s end to end (wall clock from opening the input to the renamed output, model warm);
 * frames/s of the model alone on the same frames and batch (``models.video.frame_upsampler``,
@@ -18,12 +19,13 @@ precision; the output is read back (frame count and size checked). Reported per 
   stages run in three threads, so with spare cores the end-to-end rate approaches the slowest one.
 
 One warm-up run (a few frames) per precision comes first. The machine may be shared: compare
-the rates of one run with each other (same load), not across runs.
+the rates of one row with each other (rounds alternate, so load changes hit both), not across runs.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -76,6 +78,7 @@ def main() -> None:
     ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--cases", default="320x180:2,480x270:1280x720")
     ap.add_argument("--frames", type=int, default=24)
+    ap.add_argument("--repeats", type=int, default=1, help="rounds of (end to end, model alone), medians reported")
     ap.add_argument("--precisions", default="fp32", help=f"comma-separated, of {', '.join(PRECISIONS)}")
     ap.add_argument("--batch", type=int, default=None, help=f"frames per model call (default {CUDA_BATCH} on CUDA, 1 on CPU)")
     ap.add_argument("--codec", default="libx264")
@@ -101,30 +104,34 @@ def main() -> None:
             warm = make_clip(folder / f"warm_{w}x{h}.mp4", w, h, count=min(3, args.frames), fps=30, audio=False)
             for precision in args.precisions.split(","):
                 model = models.load_model(args.model, device=dev, precision=precision)
-                for src, name in ((warm, f"warm_{W}x{H}_{precision}.mp4"), (clip, f"out_{W}x{H}_{precision}.mp4")):
-                    dst = folder / name
-                    dst.unlink(missing_ok=True)
-                    info = upscale_video(fixed((model, None)), src, dst, fixed((H, W)), enc, batch=batch)
-                # the model alone on the same decoded frames
+                dst = folder / f"out_{W}x{H}_{precision}.mp4"
+                dst.unlink(missing_ok=True)
+                upscale_video(fixed((model, None)), warm, dst, fixed((H, W)), enc, batch=batch)  # warm-up
                 reader = VideoReader(clip)
-                frames = [rgb for _, rgb in reader.frames()]
+                frames = [rgb for _, rgb in reader.frames()]  # for the model alone: the same decoded frames
                 reader.close()
                 process = frame_upsampler(model, (H, W))
-                t = time.perf_counter()
-                for i in range(0, len(frames), batch):
-                    process(np.stack(frames[i:i + batch]))
-                model_fps = len(frames) / (time.perf_counter() - t)
+                e2e, alone, runs = [], [], []
+                for _ in range(args.repeats):  # the two alternate, so a change of load hits both alike
+                    dst.unlink(missing_ok=True)
+                    info = upscale_video(fixed((model, None)), clip, dst, fixed((H, W)), enc, batch=batch)
+                    runs.append(info["timings"])
+                    e2e.append(info["frames"] / info["timings"].wall)
+                    t = time.perf_counter()
+                    for i in range(0, len(frames), batch):
+                        process(np.stack(frames[i:i + batch]))
+                    alone.append(len(frames) / (time.perf_counter() - t))
                 check = VideoReader(dst)
                 written = sum(1 for _ in check.frames())
                 ok = written == args.frames and (check.width, check.height) == (W, H)
                 check.close()
                 failed |= not ok
-                tm = info["timings"]
-                e2e = info["frames"] / tm.wall
+                tm = runs[e2e.index(statistics.median_low(e2e))]
+                fps, model_fps = statistics.median(e2e), statistics.median(alone)
                 total = max(tm.decode + tm.model + tm.encode, 1e-9)
                 stages = " | ".join(f"{1000 * v / tm.frames:.1f} ({100 * v / total:.1f}%)"
                                     for v in (tm.decode, tm.model, tm.encode))
-                print(f"| {w}x{h} | {W}x{H} | {precision} | {e2e:.2f} | {model_fps:.2f} | {e2e / model_fps:.2f} | "
+                print(f"| {w}x{h} | {W}x{H} | {precision} | {fps:.2f} | {model_fps:.2f} | {fps / model_fps:.2f} | "
                       f"{stages} | {written}{'' if ok else ' (WRONG)'} |", flush=True)
     sys.exit(1 if failed else 0)
 

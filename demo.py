@@ -33,7 +33,9 @@ from utils.cli import (Parser, add_overwrite, add_precision, check_output, devic
                        no_torch_message, output_path, parse_scale, pick_device, positive_int, run_main, scale_label)
 from utils.errors import UserError
 from utils.images import IMAGE_EXTENSIONS
+from utils.profile import Profile, active, phase, process_start
 from utils.video import is_video
+
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "lmliif_edsr-b_cpu.pth"
 DEFAULT_CMSR = DEFAULT_MODEL.parent / "cmsr_lmliif_edsr-b_cpu.yaml"
@@ -145,11 +147,16 @@ def run(args: argparse.Namespace, engine: dict | None = None) -> dict:
         return run_onnx(args, inp_path, out_path)
     from utils.images import open_array
 
-    arr, alpha, _ = open_array(inp_path)  # validates the file (one-line errors)
+    with phase("reading"):
+        arr, alpha, _ = open_array(inp_path)  # validates the file (one-line errors)
     h, w = arr.shape[:2]
     del arr
     H, W = output_size(args, h, w)
-    device, model, cmsr = loaded(args, {} if engine is None else engine)
+    with phase("start-up"):  # torch and the weights (once for a folder)
+        device, model, cmsr = loaded(args, {} if engine is None else engine)
+    prof = active()
+    if prof is not None:
+        prof.device = device
     from models.lm import LMDecoder
 
     check_memory(args, (h, w), (H, W), alpha is not None, isinstance(model, LMDecoder), args.bsize)
@@ -274,6 +281,8 @@ def build_parser() -> Parser:
     ap.add_argument("--bsize", type=positive_int, help="queries rendered at a time (memory/speed trade-off)")
     ap.add_argument("--onnx", metavar="DIR", help="use a model exported by scripts/export_onnx.py "
                     "(onnxruntime, no PyTorch needed; see docs/export.md)")
+    ap.add_argument("--profile", action="store_true", help="print where the wall time went: start-up (torch, "
+                    "weights), reading, encoder, latent, render, CMSR, writing")
     many = ap.add_argument_group("a folder (--input DIR --output DIR) or a video (--input in.mp4 --output out.mp4; "
                                  "video needs: pip install -r requirements-video.txt)")
     many.add_argument("--recursive", action="store_true", help="folder: its subfolders too (same layout under --output)")
@@ -292,8 +301,12 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         args = build_parser().parse_args(argv)
-        info = run(args)
+        with Profile() as prof:
+            prof.begin_at(process_start())  # the interpreter and the imports count as start-up
+            info = run(args)
         print(info["line"] if "line" in info else describe(args, info))
+        if args.profile:
+            print(prof.report("demo.py time breakdown"))
 
     return run_main(body, out_of_memory="out of GPU memory or RAM; use a smaller --scale/--size or pass a "
                     "smaller --bsize (queries rendered at a time), or use --device cpu",

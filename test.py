@@ -57,9 +57,8 @@ from utils.cli import (Parser, ScaleHW, add_overwrite, add_precision, check_outp
                        non_negative_int, output_path, parse_scales, pick_device, positive_float, positive_int, run_main,
                        scale_label)
 from utils.errors import UserError
-from utils.profile import Profile, phase
+from utils.profile import Profile, phase, process_start
 
-STARTED = time.perf_counter()  # the profile's wall clock starts here (before torch is imported)
 
 # torch, models and datasets are imported inside the functions, after the arguments are parsed,
 # so that --help and argument errors answer at once.
@@ -511,7 +510,7 @@ def set_up(args: argparse.Namespace) -> tuple[list[Run], Outputs, Options, torch
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with Profile() as prof:
-        prof.start = STARTED
+        prof.begin_at(process_start())  # the interpreter and the imports count as start-up
         with phase("start-up"):  # torch, the config, the dataset index, the weights
             runs, outputs, opt, device, model = set_up(args)
         prof.device = device

@@ -12,6 +12,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from utils.coords import axis_coords, make_cell, make_coord
+from utils.profile import phase
 
 from . import cmsr as multiscale
 from .cmsr import CMSR
@@ -188,7 +189,8 @@ def upscale_file(model: ImplicitDecoder, image, path, scale: float | Sequence[fl
     Returns the output size (H, W)."""
     from utils.images import fill_transparent, open_image, write_bands
 
-    rgb, alpha, gray = open_image(image)
+    with phase("reading"):
+        rgb, alpha, gray = open_image(image)
     h, w = rgb.shape[-2:]
     H, W = output_size(h, w, scale, size)
     if alpha is not None:

@@ -64,3 +64,19 @@ def test_test_script_profile_covers_every_part(tmp_path):
     assert sum(rows.values()) == pytest.approx(wall, rel=0.02, abs=0.01)
     assert wall < elapsed  # the program's own wall clock: nothing counted twice
     assert re.search(r"wall / model = [0-9.]+", r.stdout)
+
+
+def test_demo_profile_covers_every_part(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "demo.py", "--input", "samples/shapes.png", "--scale", "3", "--device", "cpu",
+                        "--output", str(tmp_path / "o.png"), "--profile"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    elapsed = time.perf_counter() - t0
+    assert r.returncode == 0, r.stderr
+    rows = _rows(r.stdout)
+    for name in ("start-up", "reading", "encoder", "latent", "render", "writing", "other"):
+        assert name in rows, (name, r.stdout)
+    wall = float(re.search(r"demo.py time breakdown \(wall ([0-9.]+) s", r.stdout).group(1))
+    assert sum(rows.values()) == pytest.approx(wall, rel=0.02, abs=0.01)
+    assert wall <= elapsed + 0.05  # from the process's start (10 ms ticks) to the end of the work

@@ -104,10 +104,6 @@ def upsample_bands(model: ImplicitDecoder, img: torch.Tensor, size: tuple[int, i
         if len([d for d in active.table.levels(s)[0] if d >= 1]) <= 1:
             note = f"CMSR does nothing at x{s:g} (its table has no coarser level there); rendered in full"
             active = None
-    if active is not None and dev.type == "cpu":
-        from . import fast_render
-        if fast_render.library() is not None:
-            note = "on the CPU CMSR saves little time and needs more memory (docs/cmsr.md)"
     if note is not None and stats is not None:
         stats["cmsr_note"] = note
     if active is not None:

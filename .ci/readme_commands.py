@@ -34,6 +34,9 @@ RUN = [
     "python demo.py --input samples/shapes.png --size 640x480 --output outputs/shapes_640x480.jpg",
     "python demo.py --input samples/badge_rgba.png --scale 4 --output outputs/badge_x4.png",
     "python demo.py --input samples/rings.png --scale 12 --cmsr --output outputs/rings_x12.png",
+    "python demo.py --input samples --scale 2 --output outputs/samples_x2",
+    "python scripts/make_clip.py --output outputs/clip.mp4",  # .ci/run installs requirements-video.txt first
+    "python demo.py --input outputs/clip.mp4 --scale 1.5 --output outputs/clip_x1.5.mp4",
     "python train.py --config configs/cpu/try_lmliif.yaml",
     f"python test.py --config configs/test/test-samples.yaml --model {BUNDLED} --scales 2,3,4",
     "python test.py --config configs/test/test-samples.yaml --model bicubic --scales 2,3,4",
@@ -62,6 +65,7 @@ SKIP = {
     "pip install torch --index-url https://download.pytorch.org/whl/cpu": "install line (network)",
     "pip install torch --index-url https://download.pytorch.org/whl/cu128": "install line (network)",
     "pip install -r requirements-dev.txt": "install line (network); .ci/run runs it",
+    "pip install -r requirements-video.txt": "install line (network); .ci/run runs it",
     "python -m pytest -q": ".ci/run runs the suite",
     "python -m ruff check .": ".ci/run runs the lint",
     "python -m mypy": ".ci/run runs the type check",

@@ -66,7 +66,7 @@ def test_existing_outputs_are_kept_and_overwrite_redoes_them(tmp_path, capsys):
     assert (dst / "a.png").read_bytes() == b"the user's file"
     assert Image.open(dst / "d.png").size == (40, 30)  # --size: the same size for every image
     assert _demo("--input", str(src), "--output", str(dst), "--size", "40x30") == 0
-    assert "4 of 4 images are done already" in capsys.readouterr().out
+    assert "nothing to do: all 4 images are done already" in capsys.readouterr().out
     assert _demo("--input", str(src), "--output", str(dst), "--size", "40x30", "--overwrite") == 0
     assert Image.open(dst / "a.png").size == (40, 30)
 

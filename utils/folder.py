@@ -91,9 +91,12 @@ def run_folder(plan: FolderPlan, work: Callable[[Path, Path], str], overwrite: b
     if n_all == 0:
         raise UserError(f"no images in {plan.src} (looked for {', '.join(IMAGE_EXTENSIONS)}"
                         f"{'' if plan.ignored == 0 else f'; {plan.ignored} other file(s) left alone'})")
+    if not plan.todo:
+        return (f"nothing to do: all {n_all} images are done already in {plan.dst} (their outputs exist; "
+                "--overwrite redoes them)")
     if plan.done:
-        print(f"{len(plan.done)} of {n_all} images are done already (their outputs exist): skipped"
-              f"{'' if not plan.todo else '; ' + str(len(plan.todo)) + ' to do'} (--overwrite redoes them)", flush=True)
+        print(f"{len(plan.done)} of {n_all} images are done already (their outputs exist): skipped; "
+              f"{len(plan.todo)} to do (--overwrite redoes them all)", flush=True)
     by_folder: dict[Path, set[str]] = {}
     for _, dst in plan.todo:
         by_folder.setdefault(dst.parent, set()).add(dst.name)

@@ -72,23 +72,25 @@ def _per_image(frames: list[np.ndarray], size: tuple[int, int]) -> list[np.ndarr
 
 
 def test_video_keeps_frames_timing_and_audio_and_matches_the_per_image_path(tmp_path, capsys):
-    src, dst = make_clip(tmp_path / "in.mp4", 64, 36, count=10, fps=25), tmp_path / "out" / "up.mp4"
-    assert _demo("--input", str(src), "--scale", "2", "--output", str(dst)) == 0
+    src, dst = make_clip(tmp_path / "in.mp4", 48, 32, count=8, fps=25), tmp_path / "out" / "up.mp4"
+    # CRF 0: x264 without loss after yuv420p, whose bit stream varies from run to run on some frames
+    # (x264's threads, seen at this size), so that 'encoded the same way' decodes the same way
+    assert _demo("--input", str(src), "--scale", "2", "--output", str(dst), "--crf", "0") == 0
     out = capsys.readouterr().out
-    assert "10 frames" in out and "frames/s" in out and "audio stream(s) copied" in out, out
+    assert "8 frames" in out and "frames/s" in out and "audio stream(s) copied" in out, out
     f_in, pts_in, i_in = _decode(src)
     f_out, pts_out, i_out = _decode(dst)
-    assert len(f_out) == len(f_in) == 10
-    assert i_out["size"] == (128, 72) and i_out["rate"] == i_in["rate"] == 25
+    assert len(f_out) == len(f_in) == 8
+    assert i_out["size"] == (96, 64) and i_out["rate"] == i_in["rate"] == 25
     assert abs(i_out["duration"] - i_in["duration"]) <= 1e6 / 25, (i_out["duration"], i_in["duration"])
     assert [float(p) for p in pts_out] == [float(p) for p in pts_in]  # same time base: same timestamps
     assert i_out["audio"] == i_in["audio"] and _audio_packets(dst) == _audio_packets(src)  # copied, not re-encoded
-    assert i_out["tags"] == (6, 6, 1)  # a 36-line input: BT.601 (SMPTE 170M), limited range, written down
-    # the per-image path's frames, encoded the same way (this writer, libx264 CRF 18), decode alike
-    ref = _per_image(f_in, (72, 128))
+    assert i_out["tags"] == (6, 6, 1)  # a 32-line input: BT.601 (SMPTE 170M), limited range, written down
+    # the per-image path's frames, encoded the same way (this writer, libx264 CRF 0, yuv420p), decode alike
+    ref = _per_image(f_in, (64, 96))
     enc = tmp_path / "ref.mp4"
     r = VideoReader(src)
-    w = VideoWriter(r, enc, (72, 128), check_encoding(Encoding(audio=False)))
+    w = VideoWriter(r, enc, (64, 96), check_encoding(Encoding(crf=0, audio=False)))
     for p, frame in zip(pts_in, ref, strict=True):
         w.write(p, frame)
     w.finish()
@@ -153,17 +155,17 @@ def test_colours_survive_the_round_trip(tmp_path, size, tag):
 
 
 def test_a_cut_video_gives_one_line_and_a_playable_partial_file(tmp_path, capsys):
-    whole = make_clip(tmp_path / "whole.mkv", 64, 36, count=40, fps=20)
+    whole = make_clip(tmp_path / "whole.mkv", 32, 18, count=24, fps=12)
     data = whole.read_bytes()
     cut = tmp_path / "cut.mkv"
-    cut.write_bytes(data[: len(data) * 6 // 10])  # an interrupted download
+    cut.write_bytes(data[: len(data) // 2])  # an interrupted download
     dst = tmp_path / "up.mkv"
     assert _demo("--input", str(cut), "--scale", "2", "--output", str(dst)) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: input video") and "cut short" in err and "up.partial.mkv" in err, err
     assert not dst.exists() and not list(tmp_path.glob(".tmp-*"))
     frames, _, info = _decode(tmp_path / "up.partial.mkv")  # finished, playable, and named partial
-    assert 5 <= len(frames) < 40 and info["size"] == (128, 72)
+    assert 3 <= len(frames) < 24 and info["size"] == (64, 36)
 
 
 def test_a_file_that_is_no_video_is_one_line(tmp_path, capsys):

@@ -168,6 +168,22 @@ def test_a_cut_video_gives_one_line_and_a_playable_partial_file(tmp_path, capsys
     assert 3 <= len(frames) < 24 and info["size"] == (64, 36)
 
 
+def test_a_damaged_video_packet_gives_a_partial_file_not_a_finished_one(tmp_path, capsys):
+    src = make_clip(tmp_path / "in.mp4", 32, 18, count=24, fps=12, audio=False)
+    with av.open(str(src)) as c:
+        packets = [(p.pos, p.size) for p in c.demux(video=0) if p.size and p.pos is not None]
+    pos, size = packets[len(packets) // 2]
+    data = bytearray(src.read_bytes())
+    data[pos:pos + size] = bytes((b * 7 + 3) % 256 for b in data[pos:pos + size])  # a damaged frame midway
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(bytes(data))
+    dst = tmp_path / "up.mp4"
+    assert _demo("--input", str(bad), "--scale", "2", "--output", str(dst)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "could not be decoded" in err and "up.partial.mp4" in err and "was not written" in err, err
+    assert not dst.exists() and len(_decode(tmp_path / "up.partial.mp4")[0]) >= 10
+
+
 def test_a_file_that_is_no_video_is_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"<html>not a video</html>")

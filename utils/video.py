@@ -217,7 +217,7 @@ class VideoReader:
         short = self.expected is not None and self.last_end < self.expected - max(0.5, 3 / fps)
         if short:
             why = f"it ends after {self.count} frames ({self.last_end:.2f} s of the {self.expected:.2f} s its header says)"
-            return why + (f" on an error ({self.error})" if self.error else "; the file is cut short")
+            return why + (f" on an error ({self.error})" if self.error else "; the file is cut short or damaged")
         if self.error:
             bad = f"{self.bad_packets} packet(s) could not be decoded" if self.bad_packets else "reading stopped"
             return f"{bad} after {self.count} frames ({self.error}); the file is corrupt"

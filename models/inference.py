@@ -195,5 +195,7 @@ def upscale_file(model: ImplicitDecoder, image, path, scale: float | Sequence[fl
     bands = ((r0, band[0].float().cpu().numpy())
              for r0, band in upsample_bands(model, rgb.unsqueeze(0).to(dev), (H, W), bsize=bsize, cmsr=cmsr,
                                             stats=stats))
-    write_bands(path, (H, W), bands, alpha, gray, progress=progress)
+    # "writing" for the profile: the model's phases, run as each band is asked for, count apart
+    with phase("writing"):
+        write_bands(path, (H, W), bands, alpha, gray, progress=progress)
     return H, W

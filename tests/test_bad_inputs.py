@@ -223,7 +223,8 @@ DEMO_ERRORS = {
     "decompression_bomb": ("bomb", ["--scale", "2"], "good", "out.png", ("bomb.png", "too large")),
     "bomb_warning_level": ("bomb_warning", ["--scale", "2"], "good", "out.png", ("bomb2.png", "too large")),
     "input_missing": (None, ["--scale", "2"], "good", "out.png", ("nothere.png", "does not exist")),
-    "input_is_folder": ("directory", ["--scale", "2"], "good", "out.png", ("folder.png", "directory")),
+    # a folder is upscaled image by image into a folder: an image file name as --output is refused
+    "input_is_folder": ("directory", ["--scale", "2"], "good", "out.png", ("names an image file", "--output is a folder")),
     "scale_0": ("rgb", ["--scale", "0"], "good", "out.png", ("--scale", "> 0")),
     "scale_neg": ("rgb", ["--scale", "-1"], "good", "out.png", ("--scale", "> 0")),
     "scale_nan": ("rgb", ["--scale", "nan"], "good", "out.png", ("--scale", "finite")),

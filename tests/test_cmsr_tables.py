@@ -68,7 +68,7 @@ def test_init_cmsr_script_writes_an_official_format_table(tmp_path):
     out = tmp_path / "table.yaml"
     out.write_text("2: {1: 0.3, 2: 1}\n")  # an existing row for another scale is kept
     r = subprocess.run([sys.executable, "scripts/init_cmsr.py", "--model", str(ckpt), "--data", str(data),
-                        "--scales", "6,8", "--mse", "1e-3", "--out", str(out)],
+                        "--scales", "6,8", "--mse", "1e-3", "--out", str(out), "--overwrite"],  # rows added to it
                        cwd=ROOT, capture_output=True, text=True, timeout=120,
                        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr

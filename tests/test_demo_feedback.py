@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not BUNDLED.exists(), reason="needs the bundled 
 
 def _demo(tmp_path, *args):
     r = subprocess.run([sys.executable, "demo.py", "--input", "samples/clouds.png", "--output",
-                        str(tmp_path / "o.png"), "--device", "cpu", *args], cwd=ROOT, capture_output=True,
+                        str(tmp_path / "o.png"), "--device", "cpu", "--overwrite", *args], cwd=ROOT, capture_output=True,
                        text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2",
                                                     "HOME": str(tmp_path)})
     assert r.returncode == 0, r.stderr

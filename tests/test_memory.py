@@ -61,14 +61,23 @@ def test_jpeg_drops_alpha_and_other_formats_match_pillow(tmp_path):
 
 
 # --- the estimate against measured peaks ------------------------------------------------------------
+# A child's ru_maxrss counts the memory it had from its parent before exec (a fork of a
+# large pytest process reads as that process's size), so demo.py is started by a small launcher.
+_LAUNCH = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(proc.pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+"""
+
+
 def _peak(args: list[str], cwd: Path) -> int:
     """Peak RSS (bytes) of one demo.py process, read from the kernel when it ends."""
-    proc = subprocess.Popen([sys.executable, "demo.py", *args], cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    assert os.waitstatus_to_exitcode(status) == 0, err
-    return usage.ru_maxrss * 1024
+    r = subprocess.run([sys.executable, "-c", _LAUNCH, sys.executable, "demo.py", *args], cwd=cwd,
+                       capture_output=True, text=True)
+    code, kib = map(int, r.stdout.split())
+    assert code == 0, r.stderr
+    return kib * 1024
 
 
 @pytest.mark.skipif(not hasattr(os, "wait4") or sys.platform != "linux", reason="ru_maxrss in KiB: Linux")

@@ -34,7 +34,6 @@ import numpy as np
 from PIL import Image
 
 from utils.atomic import temp_sibling, write_atomic
-from utils.profile import phase
 from utils.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -432,12 +431,11 @@ def write_bands(path: str | os.PathLike, size: tuple[int, int], bands: Iterable[
         big_alpha = np.asarray(Image.fromarray(alpha).resize((W, H), Image.Resampling.BICUBIC))
     channels = (1 if gray else 3) + (alpha is not None)
     with ImageWriter(path, H, W, channels, quality) as out:
-        for r0, rgb in bands:  # each band is rendered when it is asked for, outside "writing"
-            with phase("writing"):
-                part = compose_output(rgb, None, gray)
-                if big_alpha is not None:
-                    a = big_alpha[r0:r0 + rgb.shape[1]].astype(np.float32) / np.float32(255)
-                    part = np.concatenate([part, a[None]], axis=0)
-                out.write(part)
+        for r0, rgb in bands:
+            part = compose_output(rgb, None, gray)
+            if big_alpha is not None:
+                a = big_alpha[r0:r0 + rgb.shape[1]].astype(np.float32) / np.float32(255)
+                part = np.concatenate([part, a[None]], axis=0)
+            out.write(part)
             if progress is not None:
                 progress(rgb.shape[1])

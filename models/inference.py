@@ -7,7 +7,7 @@ enlarged by ``max(s / scale_max, 1)`` per axis (see docs/differences.md).
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -148,6 +148,21 @@ def output_size(h: int, w: int, scale: float | Sequence[float] | None = None,
     return H, W
 
 
+def _source(model: ImplicitDecoder, image, scale: float | Sequence[float] | None,
+            size: Sequence[int] | None) -> tuple[torch.Tensor, Any, bool, tuple[int, int]]:
+    """An image file or PIL image -> (its colour (1, 3, h, w) on the model's device, hidden colour
+    under transparent pixels filled; its alpha or None; whether it is grayscale; the output size)."""
+    from utils.images import fill_transparent, open_image
+
+    with phase("reading"):
+        rgb, alpha, gray = open_image(image)
+    h, w = rgb.shape[-2:]
+    H, W = output_size(h, w, scale, size)
+    if alpha is not None:
+        rgb = fill_transparent(rgb, alpha)
+    return rgb.unsqueeze(0).to(next(model.parameters()).device), alpha, gray, (H, W)
+
+
 def upscale_image(model: ImplicitDecoder, image, scale: float | Sequence[float] | None = None,
                   size: Sequence[int] | None = None, *, bsize: int | None = None,
                   cmsr: CMSR | bool | None = None, stats: dict | None = None,
@@ -162,16 +177,10 @@ def upscale_image(model: ImplicitDecoder, image, scale: float | Sequence[float] 
     into the edge. Grayscale sources give one colour channel (the mean of the model's RGB).
     ``utils.images.to_pil`` / ``save_image`` turn the result into a PIL image / a file.
     """
-    from utils.images import compose_output, fill_transparent, open_image
+    from utils.images import compose_output
 
-    rgb, alpha, gray = open_image(image)
-    h, w = rgb.shape[-2:]
-    H, W = output_size(h, w, scale, size)
-    if alpha is not None:
-        rgb = fill_transparent(rgb, alpha)
-    dev = next(model.parameters()).device
-    sr = upsample(model, rgb.unsqueeze(0).to(dev), (H, W), bsize=bsize, cmsr=cmsr, stats=stats,
-                  progress=progress)[0].cpu()
+    rgb, alpha, gray, (H, W) = _source(model, image, scale, size)
+    sr = upsample(model, rgb, (H, W), bsize=bsize, cmsr=cmsr, stats=stats, progress=progress)[0].cpu()
     return torch.from_numpy(compose_output(sr.numpy(), alpha, gray))  # grayscale/alpha as the source
 
 
@@ -183,18 +192,11 @@ def upscale_file(model: ImplicitDecoder, image, path, scale: float | Sequence[fl
     output is never held in memory, so its size is bounded by the disk, not by the RAM. Written
     atomically; the caller decides whether ``path`` may exist (``utils.cli.output_path``).
     Returns the output size (H, W)."""
-    from utils.images import fill_transparent, open_image, write_bands
+    from utils.images import write_bands
 
-    with phase("reading"):
-        rgb, alpha, gray = open_image(image)
-    h, w = rgb.shape[-2:]
-    H, W = output_size(h, w, scale, size)
-    if alpha is not None:
-        rgb = fill_transparent(rgb, alpha)
-    dev = next(model.parameters()).device
+    rgb, alpha, gray, (H, W) = _source(model, image, scale, size)
     bands = ((r0, band[0].float().cpu().numpy())
-             for r0, band in upsample_bands(model, rgb.unsqueeze(0).to(dev), (H, W), bsize=bsize, cmsr=cmsr,
-                                            stats=stats))
+             for r0, band in upsample_bands(model, rgb, (H, W), bsize=bsize, cmsr=cmsr, stats=stats))
     # "writing" for the profile: the model's phases, run as each band is asked for, count apart
     with phase("writing"):
         write_bands(path, (H, W), bands, alpha, gray, progress=progress)

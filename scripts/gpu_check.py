@@ -335,7 +335,8 @@ def programs_step(args: argparse.Namespace, out: Path, py: str) -> tuple[int, st
 
     def timed(name: str, cmd: list[str]) -> None:
         nonlocal worst, total
-        code, text, secs = run(cmd, out / f"programs-{name.split(',')[0].replace(' ', '-')}.log", 300, env=env)
+        slug = re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-")  # one log per run (names differ after a comma too)
+        code, text, secs = run(cmd, out / f"programs-{slug}.log", 300, env=env)
         worst, total = worst or code, total + secs
         walls[name] = secs
         rows.append(f"| {name} | {secs:.1f} | {'ok' if code == 0 else f'FAILED ({code})'} |")

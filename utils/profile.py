@@ -41,12 +41,16 @@ class Profile:
         self._token: contextvars.Token | None = None
         self.start = self.stop = 0.0
 
+    @property
+    def on_cuda(self) -> bool:
+        """Whether the device (a torch.device or its name) is a CUDA one."""
+        return str(getattr(self.device, "type", self.device)).startswith("cuda")
+
     def _sync(self) -> None:
-        dev = self.device
-        if dev is not None and getattr(dev, "type", dev) == "cuda":
+        if self.on_cuda:
             import torch
 
-            torch.cuda.synchronize(dev)
+            torch.cuda.synchronize(self.device)
 
     def __enter__(self) -> "Profile":
         self._token = _current.set(self)
@@ -97,7 +101,7 @@ class Profile:
         wall = self.wall
         rows = dict(self.seconds)
         rows["other"] = max(0.0, wall - sum(rows.values()))
-        sync = ", CUDA-synchronised" if self.device is not None and getattr(self.device, "type", "") == "cuda" else ""
+        sync = ", CUDA-synchronised" if self.on_cuda else ""
         lines = [f"# {title} (wall {wall:.2f} s{sync})"]
         for name, secs in rows.items():
             lines.append(f"#   {name:<18} {secs:8.3f} s {100 * secs / wall if wall else 0:5.1f} %")

@@ -97,9 +97,12 @@ def array_to_float(arr: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 or float array -> (3, H, W) float32 in [0, 1] (ToTensor's arithmetic: a
     float32 division of the uint8 values by 255)."""
     a = arr.transpose(2, 0, 1)
+    out = np.empty(a.shape, dtype=np.float32)  # always a new array, even where arr is float32
     if a.dtype == np.uint8:
-        return np.ascontiguousarray(a.astype(np.float32) / np.float32(255))
-    return np.ascontiguousarray(a, dtype=np.float32)
+        np.divide(a, np.float32(255), out=out)  # each value cast to float32, then divided: one pass
+    else:
+        out[...] = a
+    return out
 
 
 def array_to_tensor(arr: np.ndarray) -> torch.Tensor:

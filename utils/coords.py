@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 
@@ -42,4 +43,15 @@ def to_pixel_samples(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(C, H, W) image -> coords (H*W, 2) and values (H*W, C), row-major."""
     coord = make_coord(img.shape[-2:], device=img.device)
     values = img.reshape(img.shape[0], -1).t()
+    return coord, values
+
+
+def pixel_samples_at(img: torch.Tensor, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """``to_pixel_samples(img)`` at the row-major pixel indices ``index`` only: coords (Q, 2) and
+    values (Q, C), both contiguous, identical to indexing the full result (no H*W grid is built)."""
+    h, w = img.shape[-2:]
+    rows = torch.from_numpy(np.asarray(index) // w)
+    cols = torch.from_numpy(np.asarray(index) % w)
+    coord = torch.stack([axis_coords(h, img.device)[rows], axis_coords(w, img.device)[cols]], dim=-1)
+    values = img[:, rows, cols].t().contiguous()
     return coord, values

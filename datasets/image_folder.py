@@ -4,7 +4,9 @@ The file list is the sorted listing of ``root_path`` restricted to image files (
 extensions; hidden files, sub-folders and other files such as ``.txt`` are skipped), or the
 list ``split_file[split_key]`` of a JSON split file; then truncated to ``first_k``. Item ``i``
 is file ``i mod n`` and ``len = n * repeat``. Items are (3, H, W) float32 tensors in [0, 1]
-(see :mod:`utils.images` for how modes are converted).
+(see :mod:`utils.images` for how modes are converted). ``stored(i)`` gives item ``i`` before that
+conversion, as the (H, W, 3) array the cache holds, so that the SR wrappers convert only their
+crop (a DIV2K image is 8.3 M values, a training crop at most 110 k).
 
 ``cache``:
 
@@ -84,6 +86,13 @@ def _data_hint(folder: Path) -> str:
             "div2k/ and train/, or fetch a set with python scripts/get_data.py NAME; see docs/data.md)")
 
 
+def _read_only(arr: np.ndarray) -> np.ndarray:
+    """``arr``, flagged read-only: a cached image handed out by :meth:`ImageFolder.stored` is never
+    written to by mistake."""
+    arr.flags.writeable = False
+    return arr
+
+
 @register("image-folder")
 class ImageFolder(Dataset):
     """The images of one folder, as (3, H, W) float tensors in [0, 1]."""
@@ -125,7 +134,7 @@ class ImageFolder(Dataset):
         self._arrays: list[np.ndarray] | None = None
         self._npy: list[Path] | None = None
         if cache == "in_memory":
-            self._arrays = [read_image(p) for p in self.files]
+            self._arrays = [_read_only(read_image(p)) for p in self.files]
         elif cache == "bin":
             self._npy = self._build_bin(cache_dir)
 
@@ -156,18 +165,29 @@ class ImageFolder(Dataset):
         return len(self.files) * self.repeat
 
     def __getitem__(self, idx: int) -> torch.Tensor:
+        return array_to_tensor(self._read(self._file_index(idx), mmap=False))
+
+    def stored(self, idx: int) -> np.ndarray:
+        """Item ``idx`` as stored, before the float conversion: an (H, W, 3) array, uint8 (8-bit
+        files) or float32 in [0, 1]; ``array_to_tensor`` of it is ``self[idx]``. Read-only where
+        it is the cache itself: the in-memory array, or with ``cache: bin`` a memory map of the
+        ``.npy`` file, so that converting a crop of it reads and converts only the crop."""
+        return self._read(self._file_index(idx), mmap=True)
+
+    def _file_index(self, idx: int) -> int:
         if not -len(self) <= idx < len(self):
             raise IndexError(f"index {idx} out of range for a dataset of {len(self)} items")
-        i = idx % len(self.files)
+        return idx % len(self.files)
+
+    def _read(self, i: int, mmap: bool) -> np.ndarray:
         if self._arrays is not None:
-            return array_to_tensor(self._arrays[i])
+            return self._arrays[i]
         if self._npy is not None:
             try:
-                arr = np.load(self._npy[i], allow_pickle=False)
+                return np.load(self._npy[i], mmap_mode="r" if mmap else None, allow_pickle=False)
             except (OSError, ValueError) as e:
                 raise UserError(f"cannot read cache file {self._npy[i]}: {e}; delete it to rebuild") from None
-            return array_to_tensor(arr)
-        return array_to_tensor(read_image(self.files[i]))
+        return read_image(self.files[i])
 
 
 @register("paired-image-folders")
@@ -191,3 +211,7 @@ class PairedImageFolders(Dataset):
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.dataset_1[idx], self.dataset_2[idx]
+
+    def stored(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
+        """The LR and HR arrays of item ``idx`` as stored (see :meth:`ImageFolder.stored`)."""
+        return self.dataset_1.stored(idx), self.dataset_2.stored(idx)

@@ -7,6 +7,12 @@ subset), so a seeded run draws the same samples as the official code.
 Each item is a dict: ``inp`` (3, h, w) LR in [0, 1]; ``coord`` (Q, 2) HR pixel centres
 (row, col) in [-1, 1]; ``cell`` (Q, 2) = (2/H, 2/W) of the HR crop; ``gt`` (Q, 3) HR RGB.
 Q = H*W, or ``sample_q`` randomly chosen distinct pixels.
+
+Where the inner dataset offers ``stored(idx)`` (image folders: the (H, W, 3) array it caches,
+uint8 for 8-bit files), the crop is taken from that array and only the crop is converted to
+float, and an 8-bit crop is resized to the LR directly (the float round trip of the reference,
+``k/255*255`` truncated to uint8, gives k back). Any other dataset's (3, H, W) float tensors go
+the reference way. Both give the same samples, bit for bit.
 """
 from __future__ import annotations
 
@@ -19,9 +25,43 @@ import torch
 from torch.utils.data import Dataset
 
 from datasets import register
-from datasets.resize import resize_bicubic
-from utils.coords import make_cell, to_pixel_samples
+from datasets.resize import resize_bicubic, resize_bicubic_u8
+from utils.coords import make_cell, pixel_samples_at, to_pixel_samples
 from utils.errors import SpecError, UserError
+from utils.images import array_to_tensor
+
+# an item's image before cropping: a stored (H, W, C) array, or a (3, H, W) float tensor
+RawImage = np.ndarray | torch.Tensor
+
+
+def _item(dataset: Any, idx: int) -> Any:
+    """Item ``idx`` as stored arrays where the dataset offers them (``stored``), else as tensors."""
+    stored = getattr(dataset, "stored", None)
+    return stored(idx) if callable(stored) else dataset[idx]
+
+
+def _hw(img: RawImage) -> tuple[int, int]:
+    h, w = img.shape[:2] if isinstance(img, np.ndarray) else img.shape[-2:]
+    return int(h), int(w)
+
+
+def _crop(img: RawImage, top: int, left: int, h: int, w: int) -> RawImage:
+    """The (h, w) window at (top, left), still unconverted (a view)."""
+    if isinstance(img, np.ndarray):
+        return img[top:top + h, left:left + w]
+    return img[:, top:top + h, left:left + w]
+
+
+def _to_float(crop: RawImage) -> torch.Tensor:
+    """A crop as the (3, h, w) float32 tensor the dataset's item would hold there."""
+    return array_to_tensor(crop) if isinstance(crop, np.ndarray) else crop
+
+
+def _downsample(crop: RawImage, crop_hr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The reference LR of an HR crop (``crop_hr`` is ``_to_float(crop)``)."""
+    if isinstance(crop, np.ndarray) and crop.dtype == np.uint8:
+        return resize_bicubic_u8(crop, size)
+    return resize_bicubic(crop_hr, size)
 
 
 def _augment_fn(augment: bool) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -46,14 +86,15 @@ def _augment_fn(augment: bool) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def _sample(crop_lr: torch.Tensor, crop_hr: torch.Tensor, sample_q: int | None,
             idx: int) -> dict[str, torch.Tensor]:
-    coord, rgb = to_pixel_samples(crop_hr.contiguous())
-    if sample_q is not None:
-        if sample_q > len(coord):
-            raise UserError(f"item {idx}: sample_q={sample_q} exceeds the {len(coord)} pixels "
-                            f"of the {crop_hr.shape[-2]}x{crop_hr.shape[-1]} HR crop")
-        keep = torch.from_numpy(np.random.choice(len(coord), sample_q, replace=False))
-        coord, rgb = coord[keep], rgb[keep]
-    cell = make_cell(crop_hr.shape[-2:], n=len(coord))
+    h, w = crop_hr.shape[-2:]
+    if sample_q is None:
+        coord, rgb = to_pixel_samples(crop_hr.contiguous())
+    else:
+        if sample_q > h * w:
+            raise UserError(f"item {idx}: sample_q={sample_q} exceeds the {h * w} pixels "
+                            f"of the {h}x{w} HR crop")
+        coord, rgb = pixel_samples_at(crop_hr, np.random.choice(h * w, sample_q, replace=False))
+    cell = make_cell((h, w), n=len(coord))
     return {"inp": crop_lr.contiguous(), "coord": coord, "cell": cell, "gt": rgb.contiguous()}
 
 
@@ -109,8 +150,8 @@ class SRImplicitDownsampled(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
-        img = self.dataset[idx]
-        H, W = img.shape[-2:]
+        img = _item(self.dataset, idx)
+        H, W = _hw(img)
         if self.scale_hw is not None:
             sy, sx = self.scale_hw
         else:
@@ -122,8 +163,8 @@ class SRImplicitDownsampled(Dataset):
             if h_lr < 1 or w_lr < 1:
                 raise UserError(f"item {idx}: HR image {H}x{W} is too small for scale "
                                 f"{sy:g}x{sx:g} (LR would be {h_lr}x{w_lr})")
-            crop_hr = img[:, :round(h_lr * sy), :round(w_lr * sx)]
-            crop_lr = resize_bicubic(crop_hr, (h_lr, w_lr))
+            crop = _crop(img, 0, 0, round(h_lr * sy), round(w_lr * sx))
+            lr_size = (h_lr, w_lr)
         else:
             w_hr = round(self.inp_size * sy)
             fits = min(H, W) / self.inp_size  # largest scale whose crop fits
@@ -135,8 +176,10 @@ class SRImplicitDownsampled(Dataset):
                                 f"crop needed for inp_size {self.inp_size} at scale {sy:.3f}")
             x0 = random.randint(0, H - w_hr)
             y0 = random.randint(0, W - w_hr)
-            crop_hr = img[:, x0:x0 + w_hr, y0:y0 + w_hr]
-            crop_lr = resize_bicubic(crop_hr, (self.inp_size, self.inp_size))
+            crop = _crop(img, x0, y0, w_hr, w_hr)
+            lr_size = (self.inp_size, self.inp_size)
+        crop_hr = _to_float(crop)
+        crop_lr = _downsample(crop, crop_hr, lr_size)
 
         aug = _augment_fn(self.augment)
         return _sample(aug(crop_lr), aug(crop_hr), self.sample_q, idx)
@@ -159,23 +202,23 @@ class SRImplicitPaired(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
-        img_lr, img_hr = self.dataset[idx]
-        h_lr, w_lr = img_lr.shape[-2:]
-        H, W = img_hr.shape[-2:]
+        img_lr, img_hr = _item(self.dataset, idx)
+        h_lr, w_lr = _hw(img_lr)
+        H, W = _hw(img_hr)
         s = H // h_lr
         if s < 1 or W < w_lr * s:
             raise UserError(f"item {idx}: HR image {H}x{W} does not cover LR image {h_lr}x{w_lr} "
                             f"at scale {max(s, 1)}")
         if self.inp_size is None:
-            crop_lr, crop_hr = img_lr, img_hr[:, :h_lr * s, :w_lr * s]
+            crop_lr, crop_hr = img_lr, _crop(img_hr, 0, 0, h_lr * s, w_lr * s)
         else:
             w = self.inp_size
             if h_lr < w or w_lr < w:
                 raise UserError(f"item {idx}: LR image {h_lr}x{w_lr} is smaller than inp_size {w}")
             x0 = random.randint(0, h_lr - w)
             y0 = random.randint(0, w_lr - w)
-            crop_lr = img_lr[:, x0:x0 + w, y0:y0 + w]
-            crop_hr = img_hr[:, x0 * s:x0 * s + w * s, y0 * s:y0 * s + w * s]
+            crop_lr = _crop(img_lr, x0, y0, w, w)
+            crop_hr = _crop(img_hr, x0 * s, y0 * s, w * s, w * s)
 
         aug = _augment_fn(self.augment)
-        return _sample(aug(crop_lr), aug(crop_hr), self.sample_q, idx)
+        return _sample(aug(_to_float(crop_lr)), aug(_to_float(crop_hr)), self.sample_q, idx)

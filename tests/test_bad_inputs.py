@@ -617,7 +617,8 @@ def test_nan_loss_from_the_start(tmp_path):
 @pytest.mark.parametrize("gamma,iters,needles", [
     (1e33, 3, ("loss became nan at epoch 2",)),            # lr 1e30 from epoch 2: NaN loss
     (1e33, 1, ("validation psnr is nan after epoch 2",)),  # one step: finite garbage weights, NaN outputs
-    (1e42, 1, ("optimizer step overflowed at epoch 2",)),  # lr 1e39 does not fit in float32
+    # lr 1e39 does not fit in float32: the default Adam refuses the step, the fused one makes the weights inf
+    (1e42, 1, ("epoch 2", "learning rate 1e+39")),
 ], ids=["nan_loss", "nan_outputs", "lr_overflow"])
 def test_divergence_keeps_the_last_good_checkpoint(tmp_path, gamma, iters, needles):
     """Epoch 1 trains normally (lr 1e-3), then the scheduler multiplies the lr by ``gamma``: the run

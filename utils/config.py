@@ -219,7 +219,9 @@ TRAIN = {
     "optimizer": Field(dict, required=True, schema={
         "name": Field(str, required=True, choices=("adam", "adamw", "sgd")),
         "args": Field(dict, schema={"lr": Field(float, required=True, minimum=0), "weight_decay": Field(float),
-                                    "betas": Field(list, item=float), "momentum": Field(float)}),
+                                    "betas": Field(list, item=float), "momentum": Field(float),
+                                    "fused": Field(bool, help="the fused implementation (default: true)"),
+                                    "foreach": Field(bool)}),
     }),
     "epoch_max": Field(int, required=True, minimum=1),
     "multi_step_lr": Field(dict, schema={"milestones": Field(list, item=int, required=True),
@@ -233,7 +235,10 @@ TRAIN = {
     "max_minutes": Field(float, minimum=0, help="stop (after saving) once this much wall time has passed"),
     "scale_max": Field(float, default=4.0, help="training scale range for validation cell clipping"),
     "cosine_lr": Field(dict, schema={"eta_min": Field(float, default=0.0, minimum=0)},
-                       help="cosine decay of the learning rate over epoch_max epochs"),
+                       help="cosine decay of the learning rate over all epoch_max epochs' iterations"),
+    "warmup_iters": Field(int, minimum=1, help="linear learning-rate warm-up over the first N iterations"),
+    "iter_save": Field(int, minimum=1, help="also write epoch-last.pth every N iterations within an epoch "
+                       "(a resume continues from there)"),
     "init_from": Field(dict, schema={
         "checkpoint": Field(str, required=True),
         "modules": Field(list, item=str, required=True, help="parameter-name prefixes, e.g. [encoder]"),

@@ -1,16 +1,21 @@
-"""TensorBoard event files (as tensorboardX writes them): read them, and cut a resumed run's
-files back to the last checkpoint so that no step is ever recorded twice.
+"""TensorBoard event files: write scalars, read them, and cut a resumed run's files back to its
+checkpoint so that no step is ever recorded twice.
 
-A run killed mid-epoch has already logged the iterations after its last checkpoint; the resumed
-run logs them again. TensorBoard's own remedy (``purge_step``) only hides the old events in the
-viewer; here the old files are rewritten without them (each through a temporary file and a
-rename), and ``purge_step`` is passed as well.
+:class:`ScalarWriter` writes synchronously: what :meth:`ScalarWriter.flush` returns from is in
+the file, so a run killed after a checkpoint has every step up to it on disk (tensorboardX's
+SummaryWriter queues events for a thread, and its flush does not wait for that queue).
+
+A run killed after a checkpoint has already logged some iterations after it; the resumed run
+logs them again. The old files are rewritten without them (each through a temporary file and a
+rename), rather than hidden in the viewer as TensorBoard's ``purge_step`` would.
 """
 from __future__ import annotations
 
 import glob
 import os
+import socket
 import struct
+import time
 import uuid
 from typing import Iterator
 
@@ -71,3 +76,32 @@ def drop_steps_from(folder: str, first_step: int) -> int:
         os.replace(tmp, path)
         removed += dropped
     return removed
+
+
+class ScalarWriter:
+    """Scalars into a new event file in ``folder`` (made if missing), written as they come."""
+
+    def __init__(self, folder: str) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+
+        os.makedirs(folder, exist_ok=True)
+        name = f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}"
+        self.path = os.path.join(folder, name)
+        self._file = open(self.path, "xb")
+        self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def _write(self, event) -> None:
+        self._file.write(_frame(event.SerializeToString()))
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(value))])
+        self._write(Event(wall_time=time.time(), step=int(step), summary=summary))
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()

@@ -13,6 +13,10 @@ Steps (each a subprocess with its own timeout; a failing step does not stop the 
 * ``train``   — the official EDSR-b LM-LIIF recipe shape (batch 16, 48x48 LR patches, 2304
   queries) for a few short epochs on the shared training images, fp32 then ``--amp bf16``,
   then a resume of the bf16 run for one more epoch: loss must fall, resume must resume;
+* ``trainspeed`` — scripts/bench_train.py on the official recipe shape (synthetic DIV2K-sized
+  images): iterations/s, the step's breakdown and the projected hours for 1M iterations, for the
+  step as it was (foreach Adam, a host sync per iteration), the current step in fp32 and bf16, and
+  compiled (default and CUDA-graph modes); the data pipeline's samples/s with 0, 8 and 16 workers;
 * ``cmsr``    — test.py with CMSR on Set5 x8 (bundled model) on the device;
 * ``bench``   — scripts/bench_decoder.py at 320x180, x4/x8/x12, fp32 and bf16 (CUDA events,
   median of 20), LMF render fused (Triton), eager and eager under torch.compile;
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import os
 import re
@@ -52,7 +57,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("env", "devices", "golden", "train", "cmsr", "bench", "encoder", "precision", "liif", "programs", "video")
+STEPS = ("env", "devices", "golden", "train", "trainspeed", "cmsr", "bench", "encoder", "precision", "liif", "programs", "video")
 OFFICIAL_TEST_SET14_X4_S = 6.8  # the official LIIF test.py, Set14 x4, LIIF release, on the H200 (measurements file)
 OFFICIAL_LIIF_X4_MS = 128.2  # the official LIIF code, x4 from 320x180, on the H200 (measurements file)
 
@@ -100,6 +105,54 @@ def train_config(args: argparse.Namespace, folder: Path, epochs: int) -> Path:
     path = folder / "train.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+#: (label, bench_train.py options): the step as it was (foreach Adam, a host sync per iteration),
+#: then each change, then bf16 and compilation on top
+TRAIN_SPEED_RUNS = (
+    ("fp32, as before (foreach Adam, loss read every step)", ["--optimizer", "foreach", "--read-every", "1"]),
+    ("fp32", []),
+    ("bf16", ["--amp", "bf16"]),
+    ("bf16, compiled", ["--amp", "bf16", "--compile"]),
+    ("bf16, compiled with CUDA graphs", ["--amp", "bf16", "--compile", "reduce-overhead"]),
+)
+
+
+def trainspeed_step(args: argparse.Namespace, out: Path, py: str) -> tuple[int, str, float]:
+    """scripts/bench_train.py on the official EDSR-b LM-LIIF recipe shape (batch 16, 48x48, 2304
+    queries) with synthetic DIV2K-sized images: it/s, the breakdown, and the data pipeline's
+    samples/s; the quick dry run uses the CPU "try it" config and a few iterations."""
+    if args.quick:
+        base = [py, "scripts/bench_train.py", "--config", "configs/cpu/try_lmliif.yaml", "--iters", "2",
+                "--warmup", "1", "--workers", "1", "--pipeline-samples", "20"]
+        runs: tuple = TRAIN_SPEED_RUNS[:2] + (("fp32, compiled", ["--compile"]),)
+    else:
+        base = [py, "scripts/bench_train.py", "--config", "configs/train/train_edsr-baseline-lmliif.yaml",
+                "--synthetic", "16", "--iters", "200", "--warmup", "30", "--workers", "8"]
+        runs = TRAIN_SPEED_RUNS
+    worst, total = 0, 0.0
+    rows = ["| step | it/s | ms/it: data, copy, forward, backward, optimizer, bookkeeping | 1M iterations |",
+            "|---|---|---|---|"]
+    details = []
+    for i, (label, extra) in enumerate(runs):
+        res = out / f"trainspeed-{i}.json"
+        pipeline = (["--pipeline-workers", "0,1" if args.quick else "0,8,16"] if i == 1
+                    else ["--pipeline-workers", ""])
+        code, text, secs = run([*base, "--device", args.device, *extra, *pipeline, "--json", str(res)],
+                               out / f"trainspeed-{i}.log", 300 if args.quick else 420)
+        worst, total = worst or code, total + secs
+        if code != 0 or not res.exists():
+            rows.append(f"| {label} | failed ({code}) | see trainspeed-{i}.log | |")
+            continue
+        r = json.loads(res.read_text())
+        ms = r["ms_per_iter"]
+        parts = ", ".join(f"{ms.get(k, 0):.1f}" for k in ("data", "copy", "forward", "backward", "optimizer",
+                                                        "bookkeeping"))
+        rows.append(f"| {label} | {r['iters_per_s']:.1f} | {parts} | {r['hours_1M']:.1f} h |")
+        if r["pipeline_samples_per_s"]:
+            details.append("data pipeline alone (samples/s by workers; 0 = one worker's capacity): "
+                           + ", ".join(f"{w}: {v:.0f}" for w, v in r["pipeline_samples_per_s"].items()))
+    return worst, "\n".join(rows + [""] + details), total
 
 
 def losses(log_text: str) -> list[float]:
@@ -212,6 +265,14 @@ def main() -> None:
         table = ["| amp | loss per epoch | s per epoch | |", "|---|---|---|---|", *rows, "",
                  f"resume (bf16, epoch {epochs} -> {epochs + 1}): {'ok' if resumed else 'FAILED'}"]
         report("train", worst, total, "\n".join(table))
+
+    if "trainspeed" in steps:
+        code, text, secs = trainspeed_step(args, out, py)
+        its = re.findall(r"^\| (.+?) \| ([0-9.]+) \|", text, flags=re.M)
+        best = max(its, key=lambda r: float(r[1])) if its else None
+        verdict("5. training: the official recipe shape at >= 100 iterations/s", None if quick else bool(best and float(best[1]) >= 100),
+                f"best {best[1]} it/s ({best[0]})" if best else "no figure")
+        report("trainspeed", code, secs, text)
 
     if "cmsr" in steps:
         s2m_table = ROOT / "weights" / "cmsr_lmliif_edsr-b_cpu.yaml"

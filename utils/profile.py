@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -133,9 +134,15 @@ _fallback_start: float | None = None
 
 
 def phase(name: str) -> contextlib.AbstractContextManager[None]:
-    """Time the block as ``name`` in the open profile, if any (else a no-op)."""
-    prof = _current.get()
+    """Time the block as ``name`` in the open profile, if any (else a no-op). Code being
+    compiled by ``torch.compile`` is never timed (the compiler cannot trace the look-up)."""
+    prof = None if _compiling() else _current.get()
     return contextlib.nullcontext() if prof is None else prof.phase(name)
+
+
+def _compiling() -> bool:
+    torch = sys.modules.get("torch")  # this module does not import torch itself
+    return torch is not None and torch.compiler.is_compiling()
 
 
 def active() -> Profile | None:

@@ -109,7 +109,7 @@ def train_config(args: argparse.Namespace, folder: Path, epochs: int) -> Path:
 
 #: (label, bench_train.py options): the step as it was (foreach Adam, a host sync per iteration),
 #: then each change, then bf16 and compilation on top
-TRAIN_SPEED_RUNS = (
+TRAIN_SPEED_RUNS: tuple[tuple[str, list[str]], ...] = (
     ("fp32, as before (foreach Adam, loss read every step)", ["--optimizer", "foreach", "--read-every", "1"]),
     ("fp32", []),
     ("bf16", ["--amp", "bf16"]),
@@ -125,7 +125,7 @@ def trainspeed_step(args: argparse.Namespace, out: Path, py: str) -> tuple[int, 
     if args.quick:
         base = [py, "scripts/bench_train.py", "--config", "configs/cpu/try_lmliif.yaml", "--iters", "2",
                 "--warmup", "1", "--workers", "1", "--pipeline-samples", "20"]
-        runs: tuple = TRAIN_SPEED_RUNS[:2] + (("fp32, compiled", ["--compile"]),)
+        runs = TRAIN_SPEED_RUNS[:2] + (("fp32, compiled", ["--compile"]),)
     else:
         base = [py, "scripts/bench_train.py", "--config", "configs/train/train_edsr-baseline-lmliif.yaml",
                 "--synthetic", "16", "--iters", "200", "--warmup", "30", "--workers", "8"]

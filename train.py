@@ -131,10 +131,7 @@ class SkippingSampler(DistributedSampler):
     def __iter__(self):
         indices = super().__iter__()
         keys = ((self.epoch, i) for i in indices) if self.keyed else indices
-        return itertools.islice(keys, self.skip, None)
-
-    def __len__(self) -> int:
-        return super().__len__() - self.skip
+        return itertools.islice(keys, self.skip, None)  # (the length stays the epoch's)
 
 
 # --- set-up ------------------------------------------------------------------------------------

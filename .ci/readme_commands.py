@@ -38,6 +38,7 @@ RUN = [
     "python scripts/make_clip.py --output outputs/clip.mp4",  # .ci/run installs requirements-video.txt first
     "python demo.py --input outputs/clip.mp4 --scale 1.5 --output outputs/clip_x1.5.mp4",
     "python train.py --config configs/cpu/try_lmliif.yaml",
+    "python scripts/bench_train.py --config configs/cpu/try_lmliif.yaml",
     f"python test.py --config configs/test/test-samples.yaml --model {BUNDLED} --scales 2,3,4",
     "python test.py --config configs/test/test-samples.yaml --model bicubic --scales 2,3,4",
     f"python test.py --config configs/test/test-samples.yaml --model {BUNDLED} --scales 2.5,3x2 --out outputs/results.json",
@@ -73,6 +74,7 @@ SKIP = {
     "python train.py --config ... --name NAME --overwrite": "template",
     "torchrun --nproc_per_node 4 train.py --config ...": "template",
     "python train.py --config ... --amp bf16": "template",
+    "python train.py --config ... --amp bf16 --compile": "template",
     "python scripts/get_data.py set5 && python test.py --config configs/test/test-set5.yaml "
     "--model save/NAME/epoch-last.pth --scales 2,3,4,6,8,12": "download (network) and a trained run",
     "python scripts/export_onnx.py --model ckpt.pth --out export/run --opset 18": "template",

@@ -128,7 +128,7 @@ def trainspeed_step(args: argparse.Namespace, out: Path, py: str) -> tuple[int, 
         runs = TRAIN_SPEED_RUNS[:2] + (("fp32, compiled", ["--compile"]),)
     else:
         base = [py, "scripts/bench_train.py", "--config", "configs/train/train_edsr-baseline-lmliif.yaml",
-                "--synthetic", "16", "--iters", "200", "--warmup", "30", "--workers", "8"]
+                "--synthetic", "16", "--iters", "100", "--warmup", "20", "--workers", "8"]
         runs = TRAIN_SPEED_RUNS
     worst, total = 0, 0.0
     rows = ["| step | it/s | ms/it: data, copy, forward, backward, optimizer, bookkeeping | 1M iterations |",

@@ -275,3 +275,21 @@ def test_compiled_training_step_trains_like_the_eager_one(tmp_path):
     a, b = _weights(save / "eager" / "epoch-last.pth"), _weights(save / "comp" / "epoch-last.pth")
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
+
+
+def test_step_losses_are_read_in_batches_and_name_the_first_bad_iteration():
+    """The losses stay on the device until read; a read checks them in order, so a NaN is reported
+    at its own iteration (counted from a resumed position too), and the mean covers the epoch."""
+    import train
+
+    log = train.Log(None)
+    losses = train.StepLosses(log, epoch=3, first_step=201, every=3)
+    assert not losses.add(torch.tensor(1.0)) and not losses.add(torch.tensor(2.0))
+    assert losses.add(torch.tensor(3.0))  # the third: time to read
+    losses.read()
+    assert losses.count == 3 and losses.mean == 2.0
+    resumed = train.StepLosses(log, epoch=3, first_step=201, total=30.0, count=10)
+    for v in (1.0, float("nan"), float("inf")):
+        resumed.add(torch.tensor(v))
+    with pytest.raises(train.NonFinite, match=r"loss became nan at epoch 3, iteration 12$"):
+        resumed.read()

@@ -279,12 +279,13 @@ def to_device(batch: dict, device: torch.device, cfg: dict) -> dict[str, torch.T
 
 def train_epoch(model, loader, optimizer, cfg, device, amp, log: Log, epoch: int, rank: int,
                 scaler=None, teacher: distill.Teacher | None = None, start_it: int = 0,
-                losses: StepLosses | None = None, on_iteration=None) -> float:
+                losses: StepLosses | None = None, on_iteration=None, cudagraphs: bool = False) -> float:
     """Train iterations ``start_it``..n_iter-1 of ``epoch`` (the loader yields from ``start_it``
     on); returns the epoch's mean loss. Each step is marked in phases (data, copy, teacher,
     forward, backward, optimizer, bookkeeping) for :mod:`utils.profile`; nothing in the step
     waits for the device except the loss reads of :class:`StepLosses`. ``on_iteration(it,
-    losses)`` runs after each iteration (the mid-epoch checkpoints)."""
+    losses)`` runs after each iteration (the mid-epoch checkpoints). ``cudagraphs``: the model is
+    compiled in a mode that replays CUDA graphs, so each iteration marks a new step for them."""
     model.train()
     n_iter = iters_per_epoch(cfg, loader)
     base_lr = optimizer.defaults["lr"]
@@ -305,7 +306,8 @@ def train_epoch(model, loader, optimizer, cfg, device, amp, log: Log, epoch: int
         lr = learning_rate(cfg, base_lr, epoch, it, n_iter)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        torch.compiler.cudagraph_mark_step_begin()  # (for --compile reduce-overhead; a no-op otherwise)
+        if cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with phase("forward"), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             feat = {"feat": b["feat"]} if "feat" in b else {}
             pred = model(b["inp"], b["coord"], b["cell"], **feat)
@@ -504,6 +506,11 @@ def choose_amp(name: str, device: torch.device) -> tuple[torch.dtype | None, Any
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
+
+def uses_cudagraphs(compile_mode: str | None) -> bool:
+    """Whether torch.compile's mode replays CUDA graphs (on a GPU)."""
+    return compile_mode in ("reduce-overhead", "max-autotune")
+
 RUN_FILES = ("epoch-*.pth", "log.txt", "config.yaml", "tensorboard")
 
 
@@ -643,7 +650,8 @@ class Trainer:
         try:
             loss = train_epoch(self.net, self.train_loader, self.optimizer, cfg, procs.device, self.amp, self.log,
                                epoch, procs.rank, self.scaler, self.teacher, start_it, losses,
-                               on_iteration=self.save_within if cfg.get("iter_save") else None)
+                               on_iteration=self.save_within if cfg.get("iter_save") else None,
+                               cudagraphs=uses_cudagraphs(self.compile))
             self.check_weights(f"in epoch {epoch}")
         except NonFinite as e:
             raise self.diverged(str(e)) from None

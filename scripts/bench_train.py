@@ -88,7 +88,7 @@ def run_epoch(tr: dict, epoch: int, iters: int, read_every: int, profile: Profil
     t0 = time.perf_counter()
     with profile if profile is not None else contextlib.nullcontext():
         train.train_epoch(tr["net"], loader, tr["optimizer"], cfg, device, tr["amp"], tr["log"], epoch, 1,
-                          tr["scaler"], None, 0, losses)
+                          tr["scaler"], None, 0, losses, cudagraphs=train.uses_cudagraphs(tr["compile"]))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - t0
@@ -105,8 +105,8 @@ def set_up(args: argparse.Namespace, cfg: dict, device: torch.device) -> dict:
     procs = train.Processes(1, 0, device)
     loader = train.make_loader(cfg["train_dataset"], True, cfg["seed"], 1, 0, args.workers, device)
     net = train.training_net(model, procs, args.compile)
-    return {"cfg": cfg, "model": model, "net": net, "optimizer": optimizer, "amp": amp, "scaler": scaler,
-            "loader": loader, "device": device, "log": train.Log(None)}
+    return {"cfg": cfg, "model": model, "net": net, "compile": args.compile, "optimizer": optimizer, "amp": amp,
+            "scaler": scaler, "loader": loader, "device": device, "log": train.Log(None)}
 
 
 def breakdown(prof: Profile, iters: int) -> dict[str, float]:

@@ -511,6 +511,7 @@ def uses_cudagraphs(compile_mode: str | None) -> bool:
     """Whether torch.compile's mode replays CUDA graphs (on a GPU)."""
     return compile_mode in ("reduce-overhead", "max-autotune")
 
+
 RUN_FILES = ("epoch-*.pth", "log.txt", "config.yaml", "tensorboard")
 
 

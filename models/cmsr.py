@@ -28,6 +28,7 @@ from utils.coords import make_coord
 from utils.errors import UserError
 from utils.profile import phase
 
+from . import fast_render
 from . import query as Q
 
 from .decoder import check_queries
@@ -135,8 +136,9 @@ def level_cells(n: int, q: int, device: torch.device | str | None = None) -> tor
 
 
 def level_grid(h: int, w: int, qh: int, qw: int) -> torch.Tensor:
-    """The coordinates (1, qh*qw, 2) of a decode level's qh x qw points on an h x w LR grid, in
-    ``grid_sample``'s (x, y) order, computed on the CPU whatever the device (the caller moves them).
+    """The coordinates of a decode level's qh x qw points on an h x w LR grid as two planes
+    (1, 2, qh, qw): x (column) then y (row), ``grid_sample``'s order; computed on the CPU whatever
+    the device (the caller moves them).
 
     The official rule: the LR cell centres bilinearly resized. Many of these points lie exactly
     on LR centres (every point of a level at the LR size, lattices at odd levels, the clamped
@@ -145,11 +147,39 @@ def level_grid(h: int, w: int, qh: int, qw: int) -> torch.Tensor:
     weight, a colour change of up to ~0.25. Whether a resized point is exactly a centre depends
     on the rounding of the resize (a GPU's fused multiply-adds round otherwise than the CPU), so
     the grid is made by the CPU's resize on every device: the official outputs, the same bits.
-    (The resize treats channels alike, so resizing (x, y) gives the bits of (y, x) swapped.)
+    (The resize treats channels alike, so resizing (x, y) gives the bits of (y, x) swapped. The
+    grid is not separable to the bit: a row's x values vary in the last bit from row to row.)
     """
     centres = make_coord((h, w), flatten=False).flip(-1).permute(2, 0, 1).unsqueeze(0)
-    grid = F.interpolate(centres, size=(qh, qw), mode="bilinear", align_corners=False, antialias=False)
-    return grid.permute(0, 2, 3, 1).reshape(1, qh * qw, 2)
+    return F.interpolate(centres, size=(qh, qw), mode="bilinear", align_corners=False, antialias=False)
+
+
+@dataclass
+class LevelPoints:
+    """The points a level renders, from its LR cells' selection without a full-size mask:
+    ``mask`` (h, qw): the selection along the level's columns, row ``lr_row[r]`` (qh,) being level
+    row r's; ``first`` (qh,): the rank of level row r's first rendered point (row-major order);
+    ``count``: how many points are rendered."""
+
+    mask: torch.Tensor
+    lr_row: torch.Tensor
+    first: torch.Tensor
+    count: int
+
+    def index(self) -> torch.Tensor:
+        """The rendered points' flat indices (N,), row-major (through the full-size mask)."""
+        return torch.nonzero(self.mask[self.lr_row].view(-1)).view(-1)
+
+
+def level_points(cells: torch.Tensor, qh: int, qw: int) -> LevelPoints:
+    """The rendered points of a qh x qw level whose LR cells ``cells`` (h, w, bool) are selected:
+    level rows with the same LR row (``level_cells``) select the same columns."""
+    h, w = cells.shape
+    lr_row = level_cells(h, qh, cells.device)
+    mask = cells[:, level_cells(w, qw, cells.device)]
+    n_row = mask.sum(1)[lr_row]
+    ends = torch.cumsum(n_row, 0)
+    return LevelPoints(mask, lr_row, ends - n_row, int(ends[-1]))
 
 
 def selects(mu: torch.Tensor, i: int, first: int, last: int, bounds: list[float]) -> torch.Tensor:
@@ -231,7 +261,7 @@ class CMSR:
         if stats is not None:
             stats["cmsr_rendered_fraction"] = rendered / q_total
             stats["cmsr_skipped_fraction"] = 1.0 - rendered / q_total
-        return torch.cat(outs, dim=0)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)  # one image: no full-size copy
 
     def _decode_one(self, model: "ImplicitDecoder", lat: "Latent", coord: torch.Tensor,
                     bsize: int) -> tuple[torch.Tensor, float]:
@@ -249,36 +279,53 @@ class CMSR:
         cost = 0.0
         ret = lat.inp  # (1, 3, h, w): start from the LR image
         done = None  # (level, qh, qw) of the finest level rendered
+        fused = _fused(ret)
         for i in active:
             d = decode_scales[i]
             qh, qw = int(h * d), int(w * d)
             # a level point is rendered when its LR cell is selected: the choice is made on the LR
             # grid and spread to the level's points by their cells (integers, see level_cells)
-            cells = selects(mu, i, first, last, bounds)
-            chosen = cells[level_cells(h, qh, dev)][:, level_cells(w, qw, dev)]
-            idx = torch.nonzero(chosen.view(-1)).view(-1)  # each point once: the merge writes no index twice
-            del chosen
-            cost += idx.numel()
-            if idx.numel() == 0:
+            sel = level_points(selects(mu, i, first, last, bounds), qh, qw)
+            cost += sel.count
+            if sel.count == 0:
                 continue
-            xy = level_grid(h, w, qh, qw).to(dev)  # (1, qh*qw, 2), x then y
-            pts = xy[:, idx].flip(-1)  # (row, col) of the rendered points
+            grid = level_grid(h, w, qh, qw).to(dev)  # (1, 2, qh, qw): x plane, y plane
+            if fused:
+                pts = fast_render.cmsr_points(grid, sel.lr_row, sel.mask, sel.first, sel.count)
+            else:
+                idx = sel.index()  # each point once: the merge writes no index twice
+                planes = grid.view(2, qh * qw)
+                pts = torch.stack([planes[1, idx], planes[0, idx]], dim=-1).unsqueeze(0)  # (row, col)
             cell = torch.tensor([[[2 / qh, 2 / qw]]], dtype=pts.dtype, device=dev) * max(d / TRAINING_SCALE, 1)
             with phase("render"):
                 pred = Q.stream(lambda c, ce: model.query(lat, c, ce), pts, cell.expand_as(pts).contiguous(), bsize)
             del pts
-            # the coarser result resampled onto this level, then the rendered points written over it
-            up = F.grid_sample(ret, xy.unsqueeze(1), mode="bilinear", padding_mode="border", align_corners=False)
-            del xy
-            flat = up.view(1, 3, qh * qw)
-            flat[:, :, idx] = pred.to(flat.dtype).transpose(1, 2)
-            ret = flat.view(1, 3, qh, qw)
+            # the coarser result resampled onto this level, the rendered points written over it
+            if fused:
+                ret = fast_render.cmsr_merge(ret, grid, sel.lr_row, sel.mask, sel.first, pred[0])
+            else:
+                up = F.grid_sample(ret, grid.permute(0, 2, 3, 1), mode="bilinear", padding_mode="border",
+                                   align_corners=False)
+                flat = up.view(1, 3, qh * qw)
+                flat[:, :, idx] = pred.to(flat.dtype).transpose(1, 2)
+                ret = flat.view(1, 3, qh, qw)
+            del grid, pred
             done = (i, qh, qw)
         if done is not None and done[0] == n_levels - 1 and decode_scales[-1] >= scale and done[1] * done[2] == q:
             out = ret.view(1, 3, q).transpose(1, 2)  # the finest level is the target grid itself
+        elif fused:
+            out = fast_render.cmsr_sample(ret, coord)
         else:
             out = Q.sample_bilinear(ret, coord)
         return out, cost
+
+
+def _fused(img: torch.Tensor) -> bool:
+    """Whether the level merges and the final resampling run in the fused CPU kernel
+    (:mod:`models.fast_render`; the same bits as ``grid_sample`` on AVX2/AVX-512 builds of
+    PyTorch): fp32 CPU images, kernel built and not turned off; else the PyTorch path."""
+    return (img.device.type == "cpu" and img.dtype == torch.float32 and not fast_render.forced_off()
+            and fast_render.library() is not None)
 
 
 # --- the one decision and the rendering entry point ------------------------------------------

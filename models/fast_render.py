@@ -1,4 +1,5 @@
-"""Optional fused CPU kernel for the render MLP (``kernels/render16.c``), loaded through ctypes.
+"""Optional fused CPU kernel for the render MLP (``kernels/render16.c``), loaded through ctypes,
+and CMSR's level merge and resampling (``kernels/cmsr.c``, the same library).
 
 The kernel is compiled on first use with the system C compiler (``cc -O3 -march=native``,
 well under a second) into a per-user cache, keyed by the source, the compiler and the CPU, and
@@ -35,6 +36,7 @@ from utils.switch import ThreadSwitch
 
 HIDDEN = 16
 _SOURCE = Path(__file__).with_name("kernels") / "render16.c"
+_SOURCES = (_SOURCE, _SOURCE.with_name("cmsr.c"))  # compiled into one library
 _MIN_ROWS_PER_THREAD = 4096
 LTE_MAX_INPUT = 128  # widest Fourier input of the LM-LTE kernel
 FUSED_BSIZE = 1 << 20  # default query chunk of decoders whose render runs here (output only: 12 MB)
@@ -121,7 +123,7 @@ def _build() -> _Library:
     flags = ["-O3", "-march=native", "-shared", "-fPIC", "-fno-math-errno"]
     if sys.platform == "darwin" and platform.machine() == "arm64":
         flags[1] = "-mcpu=native"
-    source = _SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in _SOURCES)
     key = hashlib.sha256(source + " ".join([cc, *flags, _cpu_id(), platform.platform()]).encode()).hexdigest()[:16]
     suffix = ".dll" if sys.platform == "win32" else ".so"
     target = _cache_dir() / f"render16-{key}{suffix}"
@@ -131,7 +133,7 @@ def _build() -> _Library:
         os.close(fd)
         try:
             libs = [] if sys.platform == "win32" else ["-lm"]
-            proc = subprocess.run([cc, *flags, "-o", tmp, str(_SOURCE), *libs], capture_output=True, text=True)
+            proc = subprocess.run([cc, *flags, "-o", tmp, *map(str, _SOURCES), *libs], capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"{cc} failed: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
             os.replace(tmp, target)  # atomic: concurrent processes never load a half-written file
@@ -222,7 +224,7 @@ class _Library:
 
 
 def _bind(lib: ctypes.CDLL) -> _Library:
-    return _Library(lib, _SOURCE.read_text())
+    return _Library(lib, "\n".join(path.read_text() for path in _SOURCES))
 
 
 def library() -> _Library | None:
@@ -429,3 +431,82 @@ def lte16(coord: torch.Tensor, phase: torch.Tensor, code: torch.Tensor, tables: 
 
         _parallel(q, run, rows_per_item=call.k)
     return call.out
+
+
+# --- CMSR (models.cmsr): the final resampling and the per-level merge -----------------------------
+def _planes(img: torch.Tensor) -> torch.Tensor:
+    """(1, 3, h, w) -> contiguous float32 (3, h, w)."""
+    return img.detach()[0].float().contiguous()
+
+
+@torch.no_grad()
+def cmsr_sample(img: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
+    """``query.sample_bilinear(img, coord)`` for one image (1, 3, ih, iw) at coord (1, Q, 2)
+    (row, col) -> (1, Q, 3), to the bit, without the flipped copy of the coordinates."""
+    lib = library()
+    assert lib is not None
+    planes, pts = _planes(img), _float_rows(coord[0])
+    n = pts.shape[0]
+    out = pts.new_empty(n, 3)
+
+    def run(start: int, stop: int) -> None:
+        lib.lmf_cmsr_sample(n=stop - start, coord=pts[start:stop], coord_sq=pts.stride(0), ih=planes.shape[1],
+                            iw=planes.shape[2], img=planes, img_plane=planes.stride(0), out=out[start:stop])
+
+    _parallel(n, run)
+    return out.unsqueeze(0)
+
+
+@torch.no_grad()
+def cmsr_merge(prev: torch.Tensor, grid: torch.Tensor, lr_row: torch.Tensor, mask: torch.Tensor,
+               first: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """One CMSR level (1, 3, qh, qw): the points that ``mask`` (LR rows x qw, nonzero = rendered;
+    level row r reads mask row ``lr_row[r]``) marks take the rows of ``pred`` (N, 3) in row-major
+    order (level row r's first one is ``first[r]``), every other point the bilinear sample of
+    ``prev`` (1, 3, ph, pw) at the level grid ``grid`` (1, 2, qh, qw) (x, y planes), as
+    ``grid_sample`` computes it."""
+    lib = library()
+    assert lib is not None
+    planes = _planes(prev)
+    g = grid.detach()[0].float().contiguous()
+    qh, qw = g.shape[1:]
+    gx, gy = g[0].view(-1), g[1].view(-1)
+    mask = mask.detach().float().contiguous()
+    pred = pred.detach().float().contiguous()
+    lr_row, first = lr_row.to(torch.int64).contiguous(), first.to(torch.int64).contiguous()
+    out = planes.new_empty(3, qh, qw)
+    flat = out.view(3, -1)
+
+    def run(start: int, stop: int) -> None:
+        lib.lmf_cmsr_merge(n_rows=stop - start, qw=qw, gx=gx[start * qw:], gy=gy[start * qw:],
+                           lr_row=lr_row[start:stop], mask_rows=mask.shape[0], mask_w=mask.shape[1], mask=mask,
+                           first=first[start:stop], n_pred=pred.shape[0], pred=pred, ph=planes.shape[1],
+                           pw=planes.shape[2], prev=planes, prev_plane=planes.stride(0), out=flat[:, start * qw:],
+                           out_plane=flat.stride(0))
+
+    _parallel(qh, run, rows_per_item=max(1, qw))
+    return out.unsqueeze(0)
+
+
+@torch.no_grad()
+def cmsr_points(grid: torch.Tensor, lr_row: torch.Tensor, mask: torch.Tensor, first: torch.Tensor,
+                n: int) -> torch.Tensor:
+    """The (row, col) coordinates (1, n, 2) of the ``n`` points of a CMSR level that ``mask``
+    marks (arguments as in :func:`cmsr_merge`), row-major: the level grid at ``nonzero`` of the
+    full-size mask, without making it."""
+    lib = library()
+    assert lib is not None
+    g = grid.detach()[0].float().contiguous()
+    qh, qw = g.shape[1:]
+    gx, gy = g[0].view(-1), g[1].view(-1)
+    mask = mask.detach().float().contiguous()
+    lr_row, first = lr_row.to(torch.int64).contiguous(), first.to(torch.int64).contiguous()
+    pts = g.new_empty(n, 2)
+
+    def run(start: int, stop: int) -> None:
+        lib.lmf_cmsr_points(n_rows=stop - start, qw=qw, gx=gx[start * qw:], gy=gy[start * qw:],
+                            lr_row=lr_row[start:stop], mask_rows=mask.shape[0], mask_w=mask.shape[1], mask=mask,
+                            first=first[start:stop], n_pts=n, pts=pts)
+
+    _parallel(qh, run, rows_per_item=max(1, qw))
+    return pts.unsqueeze(0)

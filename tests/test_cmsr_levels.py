@@ -122,7 +122,7 @@ def _resize_rounded_once(h: int, w: int, qh: int, qw: int) -> torch.Tensor:
     what a GPU's fused multiply-adds do to the last bit."""
     centres = make_coord((h, w), flatten=False).permute(2, 0, 1).unsqueeze(0).double()
     grid = F.interpolate(centres, size=(qh, qw), mode="bilinear", align_corners=False).float()
-    return grid.permute(0, 2, 3, 1).reshape(1, qh * qw, 2).flip(-1)  # (x, y), as level_grid
+    return grid.flip(1)  # (1, 2, qh, qw): x plane, y plane, as level_grid
 
 
 @pytest.mark.parametrize("key", ["lmliif_cmsr_72x96", "lmliif_cmsr_96x128", "lmliif_cmsr_144x192"])
@@ -185,7 +185,7 @@ def test_level_grid_is_the_resized_centres_in_x_y_order():
     h, w, qh, qw = 12, 16, 48, 64
     centres = make_coord((h, w), flatten=False).permute(2, 0, 1).unsqueeze(0)
     rows_cols = F.interpolate(centres, size=(qh, qw), mode="bilinear", align_corners=False)
-    assert torch.equal(C.level_grid(h, w, qh, qw), rows_cols.permute(0, 2, 3, 1).reshape(1, -1, 2).flip(-1))
+    assert torch.equal(C.level_grid(h, w, qh, qw), rows_cols.flip(1))
 
 
 def test_calibration_and_rendering_read_the_same_cells():

@@ -1,0 +1,158 @@
+/* CMSR (models/cmsr.py) on the CPU: the points a level renders, the level merge (each point either
+ * a rendered value or the bilinear sample of the coarser level) and the final resampling, each in
+ * one pass over the points instead of several full-size tensor passes.
+ *
+ * Compiled into the same library as render16.c (models/fast_render.py binds the prototypes of
+ * both files); no allocation, no global state, no threads: the caller splits rows over threads.
+ * Error codes are those of render16.c.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define LMF_OK 0
+#define LMF_E_INDEX 2   /* an index (LR row, rank of a rendered point) out of range */
+#define LMF_E_ARG 3     /* another argument out of range (sizes, strides) */
+
+/* Bilinear samples with border padding (align_corners=False) computed as PyTorch's vectorised
+ * CPU grid_sample computes them (AVX2/AVX-512 builds), operation by operation: unnormalise as
+ * fma(c + 1, size/2, -0.5), clip to [0, size - 1], floor, the four area weights, the four
+ * products accumulated by a chain of FMAs, a neighbour outside the image reading 0. No other
+ * contraction, so the result is grid_sample's to the bit there (on other builds it differs in
+ * the last bits; tests/test_cmsr_speed_paths.py compares them). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define LMF_NO_FMA __attribute__((optimize("fp-contract=off")))
+#else
+#define LMF_NO_FMA
+#endif
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+
+static inline LMF_NO_FMA float source_index(float c, int64_t size)
+{
+    const float half = (float)size / 2, top = (float)(size - 1);
+    const float c1 = c + 1.0f;
+    float s = fmaf(c1, half, -0.5f);
+    s = s > 0.0f ? s : 0.0f;
+    return s < top ? s : top;
+}
+
+#define LB 16  /* points per block: each step below is a loop over the block's lanes (vectorised) */
+
+/* The bilinear samples of img (3 planes of ih x iw, plane stride img_plane) at the LB points
+ * (x[l], y[l]) in grid_sample's [-1, 1] units -> o[k][l] (every lane: fixed trip counts
+ * vectorise; callers fill unused lanes with valid points and ignore them). A neighbour outside the image is read
+ * clamped: its weight is then exactly 0 (the point is clipped to the last row/column), so the
+ * sum is the one with the neighbour read as 0. */
+static inline LMF_NO_FMA void bilinear_block(const float *img, int64_t img_plane, int64_t ih, int64_t iw,
+                                             const float x[LB], const float y[LB], float o[3][LB])
+{
+    float nw[LB], ne[LB], sw[LB], se[LB];
+    int32_t i00[LB], i01[LB], i10[LB], i11[LB];
+    for (int l = 0; l < LB; ++l) {
+        const float ix = source_index(x[l], iw), iy = source_index(y[l], ih);
+        const int32_t c0 = (int32_t)ix, r0 = (int32_t)iy;  /* ix, iy >= 0: truncation is floor */
+        const float wgt = ix - (float)c0, e = 1.0f - wgt, n = iy - (float)r0, s = 1.0f - n;
+        nw[l] = s * e; ne[l] = s * wgt; sw[l] = n * e; se[l] = n * wgt;
+        const int32_t dc = c0 + 1 < iw ? 1 : 0, dr = r0 + 1 < ih ? (int32_t)iw : 0;
+        i00[l] = r0 * (int32_t)iw + c0;
+        i01[l] = i00[l] + dc;
+        i10[l] = i00[l] + dr;
+        i11[l] = i10[l] + dc;
+    }
+    for (int k = 0; k < 3; ++k) {
+        const float *p = img + k * img_plane;
+        for (int l = 0; l < LB; ++l) {
+            const float a0 = p[i00[l]] * nw[l];
+            o[k][l] = fmaf(p[i11[l]], se[l], fmaf(p[i10[l]], sw[l], fmaf(p[i01[l]], ne[l], a0)));
+        }
+    }
+}
+
+/* The final CMSR resampling: n points coord (row, col) in [-1, 1] (row stride coord_sq) sampled
+ * from img (3 planes of ih x iw, plane stride img_plane) -> out (n, 3). */
+int lmf_cmsr_sample(int64_t n, const float *coord, int64_t coord_sq, int64_t ih, int64_t iw,
+                    const float *img, int64_t img_plane, float *out)
+{
+    if (n < 0 || ih < 1 || iw < 1 || img_plane < ih * iw || ih * iw > INT32_MAX) return LMF_E_ARG;
+    for (int64_t i0 = 0; i0 < n; i0 += LB) {
+        const int m = (int)(n - i0 < LB ? n - i0 : LB);
+        float x[LB] = {0}, y[LB] = {0}, o[3][LB];
+        for (int l = 0; l < m; ++l) {
+            const float *c = coord + (i0 + l) * coord_sq;
+            y[l] = c[0];
+            x[l] = c[1];
+        }
+        bilinear_block(img, img_plane, ih, iw, x, y, o);
+        for (int l = 0; l < m; ++l) {
+            float *dst = out + 3 * (i0 + l);
+            dst[0] = o[0][l]; dst[1] = o[1][l]; dst[2] = o[2][l];
+        }
+    }
+    return LMF_OK;
+}
+
+/* One CMSR level, rows [0, n_rows) of a qw-wide level grid: a point whose entry of ``mask``
+ * (the mask row lr_row[r] of mask_w >= qw floats, nonzero = rendered) is set takes the next row of
+ * pred (N, 3), starting at pred row first[r]; any other point is the bilinear sample of prev
+ * (3 planes of ph x pw, plane stride prev_plane) at the level grid's point (gx, gy planes,
+ * row-major, qw per row). out: 3 planes of stride out_plane, qw per row. */
+int lmf_cmsr_merge(int64_t n_rows, int64_t qw, const float *gx, const float *gy,
+                   const int64_t *lr_row, int64_t mask_rows, int64_t mask_w, const float *mask,
+                   const int64_t *first, int64_t n_pred, const float *pred, int64_t ph, int64_t pw,
+                   const float *prev, int64_t prev_plane, float *out, int64_t out_plane)
+{
+    if (n_rows < 0 || qw < 0 || mask_w < qw || ph < 1 || pw < 1 || prev_plane < ph * pw || ph * pw > INT32_MAX)
+        return LMF_E_ARG;
+    for (int64_t r = 0; r < n_rows; ++r)
+        if (lr_row[r] < 0 || lr_row[r] >= mask_rows || first[r] < 0 || first[r] > n_pred) return LMF_E_INDEX;
+    for (int64_t r = 0; r < n_rows; ++r) {
+        const float *msk = mask + lr_row[r] * mask_w;
+        int64_t k = first[r];
+        for (int64_t c0 = 0; c0 < qw; c0 += LB) {
+            const int m = (int)(qw - c0 < LB ? qw - c0 : LB);
+            const int64_t i0 = r * qw + c0;
+            float x[LB] = {0}, y[LB] = {0}, o[3][LB];
+            memcpy(x, gx + i0, m * sizeof(float));
+            memcpy(y, gy + i0, m * sizeof(float));
+            bilinear_block(prev, prev_plane, ph, pw, x, y, o);
+            for (int l = 0; l < m; ++l) {
+                if (msk[c0 + l] != 0.0f) {
+                    if (k >= n_pred) return LMF_E_INDEX;
+                    o[0][l] = pred[3 * k]; o[1][l] = pred[3 * k + 1]; o[2][l] = pred[3 * k + 2];
+                    ++k;
+                }
+            }
+            memcpy(out + i0, o[0], m * sizeof(float));
+            memcpy(out + out_plane + i0, o[1], m * sizeof(float));
+            memcpy(out + 2 * out_plane + i0, o[2], m * sizeof(float));
+        }
+    }
+    return LMF_OK;
+}
+
+/* The rendered points of a CMSR level, rows [0, n_rows) (mask, lr_row, first as in
+ * lmf_cmsr_merge): their (row, col) coordinates (y, x of the level grid planes gx, gy) written
+ * to pts (N, 2) in row-major order, level row r's first at pts row first[r]. */
+int lmf_cmsr_points(int64_t n_rows, int64_t qw, const float *gx, const float *gy,
+                    const int64_t *lr_row, int64_t mask_rows, int64_t mask_w, const float *mask,
+                    const int64_t *first, int64_t n_pts, float *pts)
+{
+    if (n_rows < 0 || qw < 0 || mask_w < qw) return LMF_E_ARG;
+    for (int64_t r = 0; r < n_rows; ++r)
+        if (lr_row[r] < 0 || lr_row[r] >= mask_rows || first[r] < 0 || first[r] > n_pts) return LMF_E_INDEX;
+    for (int64_t r = 0; r < n_rows; ++r) {
+        const float *msk = mask + lr_row[r] * mask_w;
+        int64_t k = first[r];
+        for (int64_t c = 0; c < qw; ++c) {
+            if (msk[c] != 0.0f) {
+                if (k >= n_pts) return LMF_E_INDEX;
+                pts[2 * k] = gy[r * qw + c];
+                pts[2 * k + 1] = gx[r * qw + c];
+                ++k;
+            }
+        }
+    }
+    return LMF_OK;
+}

@@ -279,7 +279,7 @@ class CMSR:
         cost = 0.0
         ret = lat.inp  # (1, 3, h, w): start from the LR image
         done = None  # (level, qh, qw) of the finest level rendered
-        fused = _fused(ret)
+        px = fast_render.cmsr_pixels(ret) if _fused(ret) else None  # the kernels' layout (h, w, 4)
         for i in active:
             d = decode_scales[i]
             qh, qw = int(h * d), int(w * d)
@@ -290,7 +290,7 @@ class CMSR:
             if sel.count == 0:
                 continue
             grid = level_grid(h, w, qh, qw).to(dev)  # (1, 2, qh, qw): x plane, y plane
-            if fused:
+            if px is not None:
                 pts = fast_render.cmsr_points(grid, sel.lr_row, sel.mask, sel.first, sel.count)
             else:
                 idx = sel.index()  # each point once: the merge writes no index twice
@@ -301,8 +301,8 @@ class CMSR:
                 pred = Q.stream(lambda c, ce: model.query(lat, c, ce), pts, cell.expand_as(pts).contiguous(), bsize)
             del pts
             # the coarser result resampled onto this level, the rendered points written over it
-            if fused:
-                ret = fast_render.cmsr_merge(ret, grid, sel.lr_row, sel.mask, sel.first, pred[0])
+            if px is not None:
+                px = fast_render.cmsr_merge(px, grid, sel.lr_row, sel.mask, sel.first, pred[0])
             else:
                 up = F.grid_sample(ret, grid.permute(0, 2, 3, 1), mode="bilinear", padding_mode="border",
                                    align_corners=False)
@@ -312,9 +312,10 @@ class CMSR:
             del grid, pred
             done = (i, qh, qw)
         if done is not None and done[0] == n_levels - 1 and decode_scales[-1] >= scale and done[1] * done[2] == q:
-            out = ret.view(1, 3, q).transpose(1, 2)  # the finest level is the target grid itself
-        elif fused:
-            out = fast_render.cmsr_sample(ret, coord)
+            # the finest level is the target grid itself
+            out = px.view(1, q, 4)[..., :3] if px is not None else ret.view(1, 3, q).transpose(1, 2)
+        elif px is not None:
+            out = fast_render.cmsr_sample(px, coord)
         else:
             out = Q.sample_bilinear(ret, coord)
         return out, cost

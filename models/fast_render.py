@@ -434,24 +434,33 @@ def lte16(coord: torch.Tensor, phase: torch.Tensor, code: torch.Tensor, tables: 
 
 
 # --- CMSR (models.cmsr): the final resampling and the per-level merge -----------------------------
-def _planes(img: torch.Tensor) -> torch.Tensor:
-    """(1, 3, h, w) -> contiguous float32 (3, h, w)."""
-    return img.detach()[0].float().contiguous()
+# The kernels keep images pixel by pixel, 4 floats a pixel (r, g, b, 0): (h, w, 4) tensors.
+def cmsr_pixels(img: torch.Tensor) -> torch.Tensor:
+    """One image (1, 3, h, w) -> the kernels' layout (h, w, 4), float32."""
+    px = img.new_zeros(img.shape[2], img.shape[3], 4, dtype=torch.float32)
+    px[..., :3] = img.detach()[0].permute(1, 2, 0)
+    return px
+
+
+def cmsr_image(px: torch.Tensor) -> torch.Tensor:
+    """The kernels' layout (h, w, 4) -> (1, 3, h, w) (a view)."""
+    return px[..., :3].permute(2, 0, 1).unsqueeze(0)
 
 
 @torch.no_grad()
-def cmsr_sample(img: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
-    """``query.sample_bilinear(img, coord)`` for one image (1, 3, ih, iw) at coord (1, Q, 2)
-    (row, col) -> (1, Q, 3), to the bit, without the flipped copy of the coordinates."""
+def cmsr_sample(px: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
+    """``query.sample_bilinear`` of one image in the kernels' layout ``px`` (ih, iw, 4) at coord
+    (1, Q, 2) (row, col) -> (1, Q, 3), to the bit, without the flipped copy of the coordinates."""
     lib = library()
     assert lib is not None
-    planes, pts = _planes(img), _float_rows(coord[0])
+    px = px.detach().contiguous()
+    pts = _float_rows(coord[0])
     n = pts.shape[0]
     out = pts.new_empty(n, 3)
 
     def run(start: int, stop: int) -> None:
-        lib.lmf_cmsr_sample(n=stop - start, coord=pts[start:stop], coord_sq=pts.stride(0), ih=planes.shape[1],
-                            iw=planes.shape[2], img=planes, img_plane=planes.stride(0), out=out[start:stop])
+        lib.lmf_cmsr_sample(n=stop - start, coord=pts[start:stop], coord_sq=pts.stride(0), ih=px.shape[0],
+                            iw=px.shape[1], img=px, out=out[start:stop])
 
     _parallel(n, run)
     return out.unsqueeze(0)
@@ -460,32 +469,31 @@ def cmsr_sample(img: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def cmsr_merge(prev: torch.Tensor, grid: torch.Tensor, lr_row: torch.Tensor, mask: torch.Tensor,
                first: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-    """One CMSR level (1, 3, qh, qw): the points that ``mask`` (LR rows x qw, nonzero = rendered;
-    level row r reads mask row ``lr_row[r]``) marks take the rows of ``pred`` (N, 3) in row-major
-    order (level row r's first one is ``first[r]``), every other point the bilinear sample of
-    ``prev`` (1, 3, ph, pw) at the level grid ``grid`` (1, 2, qh, qw) (x, y planes), as
-    ``grid_sample`` computes it."""
+    """One CMSR level (qh, qw, 4) in the kernels' layout: the points that ``mask`` (LR rows x qw,
+    nonzero = rendered; level row r reads mask row ``lr_row[r]``) marks take the rows of ``pred``
+    (N, 3) in row-major order (level row r's first one is ``first[r]``), every other point the
+    bilinear sample of ``prev`` (ph, pw, 4) at the level grid ``grid`` (1, 2, qh, qw) (x, y
+    planes), as ``grid_sample`` computes it."""
     lib = library()
     assert lib is not None
-    planes = _planes(prev)
+    prev = prev.detach().contiguous()
     g = grid.detach()[0].float().contiguous()
     qh, qw = g.shape[1:]
     gx, gy = g[0].view(-1), g[1].view(-1)
     mask = mask.detach().float().contiguous()
     pred = pred.detach().float().contiguous()
     lr_row, first = lr_row.to(torch.int64).contiguous(), first.to(torch.int64).contiguous()
-    out = planes.new_empty(3, qh, qw)
-    flat = out.view(3, -1)
+    out = prev.new_empty(qh, qw, 4)
+    flat = out.view(-1)
 
     def run(start: int, stop: int) -> None:
         lib.lmf_cmsr_merge(n_rows=stop - start, qw=qw, gx=gx[start * qw:], gy=gy[start * qw:],
                            lr_row=lr_row[start:stop], mask_rows=mask.shape[0], mask_w=mask.shape[1], mask=mask,
-                           first=first[start:stop], n_pred=pred.shape[0], pred=pred, ph=planes.shape[1],
-                           pw=planes.shape[2], prev=planes, prev_plane=planes.stride(0), out=flat[:, start * qw:],
-                           out_plane=flat.stride(0))
+                           first=first[start:stop], n_pred=pred.shape[0], pred=pred, ph=prev.shape[0],
+                           pw=prev.shape[1], prev=prev, out=flat[start * qw * 4:])
 
     _parallel(qh, run, rows_per_item=max(1, qw))
-    return out.unsqueeze(0)
+    return out
 
 
 @torch.no_grad()

@@ -41,14 +41,14 @@ def test_sample_is_sample_bilinear(ih, iw, qh, qw):
     scattered = torch.rand(1, 3001, 2, generator=g) * 2.4 - 1.2  # outside [-1, 1] too: the border band
     edges = torch.tensor([[[-1.0, -1.0], [1.0, 1.0], [-1.0, 1.0], [0.0, 0.0], [1.0, -1.0]]])
     for coord in (grid, scattered, edges):
-        _same(fast_render.cmsr_sample(img, coord), Q.sample_bilinear(img, coord))
+        _same(fast_render.cmsr_sample(fast_render.cmsr_pixels(img), coord), Q.sample_bilinear(img, coord))
 
 
 def test_sample_reads_strided_coordinates():
     img = torch.randn(1, 3, 9, 11)
     both = torch.rand(1, 500, 4) * 2 - 1
     coord = both[..., 1:3]  # rows 4 floats apart
-    _same(fast_render.cmsr_sample(img, coord), Q.sample_bilinear(img, coord.contiguous()))
+    _same(fast_render.cmsr_sample(fast_render.cmsr_pixels(img), coord), Q.sample_bilinear(img, coord.contiguous()))
 
 
 def _selection(h: int, w: int, qh: int, qw: int, p: float, seed: int):
@@ -82,13 +82,15 @@ def test_merge_is_grid_sample_with_the_rendered_points_written_over(h, w, ph, pw
     grid = C.level_grid(h, w, qh, qw)
     ref = F.grid_sample(prev, grid.permute(0, 2, 3, 1), mode="bilinear", padding_mode="border", align_corners=False)
     ref.view(1, 3, -1)[:, :, sel.index()] = pred.t()
-    _same(fast_render.cmsr_merge(prev, grid, sel.lr_row, sel.mask, sel.first, pred), ref)
+    out = fast_render.cmsr_merge(fast_render.cmsr_pixels(prev), grid, sel.lr_row, sel.mask, sel.first, pred)
+    assert not out[..., 3].any()  # the pad channel stays 0
+    _same(fast_render.cmsr_image(out), ref)
 
 
 def test_merge_refuses_an_inconsistent_selection():
     cells, sel = _selection(12, 16, 30, 40, 0.5, 3)
     grid = C.level_grid(12, 16, 30, 40)
-    prev = torch.randn(1, 3, 12, 16)
+    prev = fast_render.cmsr_pixels(torch.randn(1, 3, 12, 16))
     with pytest.raises(IndexError):  # fewer rendered rows than the mask marks
         fast_render.cmsr_merge(prev, grid, sel.lr_row, sel.mask, sel.first, torch.zeros(sel.count - 1, 3))
     with pytest.raises(IndexError):

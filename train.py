@@ -152,9 +152,20 @@ def make_optimizer(params, spec: dict) -> torch.optim.Optimizer:
     return cls(params, **args)
 
 
-def check_schedule(cfg: dict) -> None:
+def check_schedule(cfg: dict, source: str) -> None:
     if cfg.get("multi_step_lr") and cfg.get("cosine_lr"):
-        raise UserError("give either multi_step_lr or cosine_lr, not both")
+        raise UserError(f"{source}: give either multi_step_lr or cosine_lr, not both")
+
+
+def warn_settings(cfg: dict, n_iter: int, log: "Log") -> None:
+    """Settings that would silently do nothing."""
+    if cfg.get("iter_save") and cfg["iter_save"] >= n_iter:
+        log(f"warning: iter_save={cfg['iter_save']} is not below the {n_iter} iterations of an epoch: "
+            "only the end of each epoch is saved")
+    total = cfg["epoch_max"] * n_iter
+    if cfg.get("warmup_iters") and cfg["warmup_iters"] > total:
+        log(f"warning: warmup_iters={cfg['warmup_iters']} is longer than the run ({total} iterations): "
+            "the learning rate never reaches its base value")
 
 
 class Log:
@@ -188,7 +199,8 @@ class Log:
         if resume_step is not None and os.path.isdir(tb):
             n = drop_steps_from(tb, resume_step)
             if n:
-                self(f"TensorBoard: removed {n} event(s) logged after the checkpoint (step >= {resume_step})")
+                self(f"TensorBoard: removed {n} event(s) logged after the point this run continues from "
+                     f"(step >= {resume_step})")
         self.writer = ScalarWriter(tb)
 
     def __call__(self, msg: str) -> None:
@@ -204,6 +216,12 @@ class Log:
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.writer is not None:
             self.writer.add_scalar(tag, value, step)
+
+    def record(self, msg: str) -> None:
+        """``msg`` into log.txt only (the caller prints it): why a run stopped."""
+        if self.folder is not None and self.started:
+            with open(os.path.join(self.folder, "log.txt"), "a") as f:
+                f.write(msg + "\n")
 
     def flush(self) -> None:
         """Events logged so far reach the disk (done with each checkpoint, so a killed run's
@@ -321,6 +339,7 @@ def train_epoch(model, loader, optimizer, cfg, device, amp, log: Log, epoch: int
             due = losses.add(loss) or it + 1 == n_iter or (it + 1) % report_every == 0
             if due:
                 losses.read()
+                log.scalar("lr", lr, (epoch - 1) * n_iter + it + 1)
             if bar is not None:
                 bar.update(1)
                 if due:
@@ -490,7 +509,9 @@ def load_resume(args: argparse.Namespace) -> dict | None:
 def choose_config(args: argparse.Namespace, resume_ckpt: dict | None) -> dict:
     """--config if given (validated), else the config stored in the resumed checkpoint."""
     if args.config:
-        return load_config(args.config, TRAIN, REGISTRIES)
+        cfg = load_config(args.config, TRAIN, REGISTRIES)
+        check_schedule(cfg, args.config)
+        return cfg
     if resume_ckpt is not None:
         return resume_ckpt["config"]
     raise UserError("give --config (or --resume with a checkpoint that holds its config)")
@@ -601,6 +622,7 @@ class Trainer:
     scaler: Any
     teacher: distill.Teacher | None = None
     compile: str | None = None      # --compile's torch.compile mode
+    saved_shape: list[int] | None = None  # epoch_shape() of a checkpoint written within an epoch
     best: float = -math.inf
     last_saved: int = 0             # the last completed epoch in epoch-last.pth
     saved_within: int = 0           # ... and the iterations of the next epoch it also holds
@@ -615,17 +637,25 @@ class Trainer:
         self.last_saved = ckpt["epoch"]
         self.start_it = self.saved_within = int(ckpt.get("epoch_iters", 0))
         self.loss_sum = float(ckpt.get("epoch_loss_sum", 0.0))
-        within = f", and {self.start_it} iterations of epoch {ckpt['epoch'] + 1}" if self.start_it else ""
-        self.log(f"resumed from epoch {ckpt['epoch']}{within}")
+        self.saved_shape = ckpt.get("epoch_shape")
         return ckpt["epoch"] + 1
 
+    def epoch_shape(self) -> list[int]:
+        """[iterations per epoch, global batch size]: where an iteration of an epoch starts."""
+        return [iters_per_epoch(self.cfg, self.train_loader), int(self.cfg["train_dataset"]["batch_size"])]
+
     def check_position(self) -> None:
-        """A checkpoint written within an epoch resumes only with the same iterations per epoch."""
-        n_iter = iters_per_epoch(self.cfg, self.train_loader)
-        if self.start_it >= n_iter:
-            raise UserError(f"the checkpoint was written after {self.start_it} iterations of an epoch, but this "
-                            f"config has {n_iter} per epoch (batch_size, max_iters_per_epoch or the data changed); "
-                            "resume with the run's own config")
+        """A checkpoint written within an epoch resumes only with the epoch's iterations and batch
+        size unchanged: its position counts batches of the epoch's sample order."""
+        if not self.start_it:
+            return
+        n_iter, batch = shape = self.epoch_shape()
+        if self.start_it >= n_iter or (self.saved_shape is not None and list(self.saved_shape) != shape):
+            was = (f" ({self.saved_shape[0]} iterations of batch {self.saved_shape[1]} per epoch)"
+                   if self.saved_shape else "")
+            raise UserError(f"the checkpoint was written after {self.start_it} iterations of an epoch{was}, but this "
+                            f"config has {n_iter} iterations of batch {batch} per epoch (batch_size, "
+                            "max_iters_per_epoch or the data changed); resume with the run's own config")
 
     def saved_at(self) -> tuple[int, int]:
         return self.last_saved, self.saved_within
@@ -658,8 +688,7 @@ class Trainer:
             raise self.diverged(str(e)) from None
         lr = self.optimizer.param_groups[0]["lr"]  # the epoch's last iteration's
         msg = f"epoch {epoch}/{cfg['epoch_max']}, train: loss={loss:.4f}, lr={lr:.2e}"
-        step = epoch * n_iter  # one step axis: iterations
-        self.log.scalar("lr", lr, step)
+        step = epoch * n_iter  # one step axis: iterations (the lr is logged with the losses)
         is_best = False
         if self.val_loader is not None and epoch % (cfg.get("epoch_val") or 1) == 0:
             psnr = validate(self.model, self.val_loader, cfg, procs.device, procs.world)
@@ -690,6 +719,7 @@ class Trainer:
         self.check_weights(f"in epoch {losses.epoch}, by iteration {done}")
         if self.procs.rank == 0:
             ck = checkpoint(self.model, self.cfg, self.optimizer, losses.epoch - 1, self.best, (done, losses.total))
+            ck["epoch_shape"] = self.epoch_shape()
             self.log.flush()
             save_atomic(ck, os.path.join(self.folder, "epoch-last.pth"))
             self.log(f"  saved epoch-last.pth at epoch {losses.epoch}, iteration {done}/{n_iter}")
@@ -708,7 +738,7 @@ class Trainer:
 
     def fit(self, epoch_start: int) -> None:
         """Epochs ``epoch_start``..epoch_max, stopping early once ``max_minutes`` have passed."""
-        cfg, t0 = self.cfg, time.time()
+        cfg, t0, first_it = self.cfg, time.time(), self.start_it
         for epoch in range(epoch_start, cfg["epoch_max"] + 1):
             t_ep = time.time()
             msg = self.epoch(epoch)
@@ -716,7 +746,8 @@ class Trainer:
             done, left = epoch - epoch_start + 1, cfg["epoch_max"] - epoch
             if cfg.get("max_minutes"):
                 left = min(left, max(0, math.ceil((cfg["max_minutes"] * 60 - elapsed) / (elapsed / done))))
-            t_it = (time.time() - t_ep) / max(iters_per_epoch(cfg, self.train_loader), 1)
+            ran = iters_per_epoch(cfg, self.train_loader) - (first_it if epoch == epoch_start else 0)
+            t_it = (time.time() - t_ep) / max(ran, 1)
             self.log(f"{msg}, {time.time() - t_ep:.1f}s ({t_it:.2f} s/it; total {elapsed / 60:.1f} min, "
                      f"ETA {_duration(elapsed / done * left)})")
             if cfg.get("max_minutes") and elapsed / 60 >= cfg["max_minutes"] and epoch < cfg["epoch_max"]:
@@ -734,7 +765,6 @@ def make_trainer(args: argparse.Namespace, procs: Processes, cfg: dict, folder: 
     torch.manual_seed(seed)
     model = build_model(cfg, args.config or "the resumed checkpoint's config", procs.device)
     optimizer = make_optimizer(model.parameters(), cfg["optimizer"])
-    check_schedule(cfg)
     trainer = Trainer(cfg, procs, folder, log, model, model, optimizer,
                       None, None, *amp)  # type: ignore[arg-type]  # the loaders follow below
     epoch_start = trainer.restore(resume_ckpt) if resume_ckpt is not None else 1
@@ -749,12 +779,18 @@ def make_trainer(args: argparse.Namespace, procs: Processes, cfg: dict, folder: 
     trainer.train_loader = make_loader(cfg["train_dataset"], True, seed, world, rank, workers, procs.device,
                                        wrap=cache_wrapper(cfg, model, trainer.teacher, procs.device, log))
     trainer.check_position()
+    if resume_ckpt is not None:
+        log(f"resumed from {_position(trainer.saved_at())}")
     trainer.val_loader = make_loader(cfg["val_dataset"], False, seed + 1, world, rank, workers, procs.device) \
         if cfg.get("val_dataset") else None
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {cfg['model']['name']} #params={n_params:,}; train samples {n_items(trainer.train_loader.dataset)}, "
         f"{world} process(es) on {procs.device}")
     trainer.compile = args.compile
+    if args.compile:
+        where = "" if procs.device.type == "cuda" or not uses_cudagraphs(args.compile) else \
+            " (CUDA graphs apply on a GPU only)"
+        log(f"--compile {args.compile}{where}: the first iterations compile the step (about a minute)")
     trainer.net = training_net(model, procs, args.compile)
     return trainer, epoch_start
 
@@ -801,15 +837,26 @@ def run(args: argparse.Namespace) -> None:
     if restart:
         log(f"starting over in {folder}: its previous run completed no epoch (no checkpoint to resume)")
     trainer, epoch_start = make_trainer(args, procs, cfg, folder, log, resume_ckpt, amp)
+    if epoch_start > cfg["epoch_max"]:
+        print(f"nothing to do: the run in {folder} completed all {cfg['epoch_max']} epochs; raise epoch_max "
+              "in the config to train further (then --resume)")
+        return
+    warn_settings(cfg, iters_per_epoch(cfg, trainer.train_loader), log)
     resume_step = ((epoch_start - 1) * iters_per_epoch(cfg, trainer.train_loader) + trainer.start_it + 1
                    if resume_ckpt else None)
     # a run started over drops the TensorBoard events of the attempt that completed no epoch
     prepare_folder(folder, cfg, procs.rank, log, args.overwrite and resume_ckpt is None and not restart,
                    1 if restart else resume_step)
+    log(f"run folder: {folder}")
     try:
         trainer.fit(epoch_start)
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(_interrupted(trainer.saved_at(), folder)) from None
+        msg = _interrupted(trainer.saved_at(), folder)
+        log.record(msg)
+        raise KeyboardInterrupt(msg) from None
+    except UserError as e:  # the run stopped (diverged): the log says why too
+        log.record(f"error: {e}")
+        raise
     if procs.world > 1:
         check_replicas(trainer.model, procs, log)
     log.close()
@@ -817,7 +864,9 @@ def run(args: argparse.Namespace) -> None:
 
 def _position(saved: tuple[int, int]) -> str:
     epoch, within = saved
-    return f"epoch {epoch}" + (f" and {within} iterations of epoch {epoch + 1}" if within else "")
+    if not within:
+        return f"epoch {epoch}"
+    return (f"epoch {epoch} and " if epoch else "") + f"{within} iterations of epoch {epoch + 1}"
 
 
 def _interrupted(saved: tuple[int, int], folder: str) -> str:
@@ -826,13 +875,13 @@ def _interrupted(saved: tuple[int, int], folder: str) -> str:
         what = f"epoch {saved[0]} is the last completed one" if not saved[1] else f"{_position(saved)} are done"
         return (f"interrupted: {what}, saved in {os.path.join(folder, 'epoch-last.pth')}; continue with the "
                 "same command and --resume")
-    return (f"interrupted before the first epoch ended: no checkpoint was written; the same command (without "
+    return (f"interrupted before the first checkpoint: nothing was saved; the same command (without "
             f"--resume) starts the run over in {folder}")
 
 
 def _diverged(what: str, saved: tuple[int, int], folder: str) -> str:
     kept = (f"the last good checkpoint ({_position(saved)}) is kept in {os.path.join(folder, 'epoch-last.pth')}"
-            if saved != (0, 0) else "no checkpoint had been written yet")
+            if saved != (0, 0) else "no checkpoint had been written yet (the same command starts over)")
     return f"{what}: training stopped; {kept} (try a lower learning rate)"
 
 
@@ -865,8 +914,8 @@ def build_parser() -> Parser:
     ap.add_argument("--workers", type=non_negative_int, help="DataLoader workers (default: config num_workers)")
     ap.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES,
                     help="compile the training step with torch.compile (mode: default, or reduce-overhead for CUDA "
-                         "graphs on a GPU); it compiles once, in about half a minute. docs/training.md has the "
-                         "measured speed-ups")
+                         "graphs on a GPU); it compiles once, in the first iterations (about a minute). "
+                         "docs/training.md has the measured speed-ups")
     return ap
 
 

@@ -7,7 +7,7 @@ time goes, and how many samples/s the data pipeline delivers alone.
 
 The step is train.py's ``train_epoch`` (model, optimizer, loader, loss reads) on the config's
 shapes; only the training images may be replaced (``--data FOLDER``, or ``--synthetic N``:
-N smooth random images of DIV2K's size, 2040x1356, for machines without the data). Three
+N smooth random images of DIV2K's size, 2040x1356, made once under outputs/, for machines without the data). Three
 epochs run: a warm-up (start-up, compilation, the workers' first batches), one timed without
 any synchronisation added (the it/s figure), and one with the profile's phase timers (on CUDA
 each phase boundary synchronises: the breakdown, whose total is a little slower). The data
@@ -23,7 +23,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,8 +34,9 @@ import torch  # noqa: E402
 import datasets  # noqa: E402
 import train  # noqa: E402
 from datasets.throughput import samples_per_second  # noqa: E402
-from utils.cli import pick_device  # noqa: E402
+from utils.cli import Parser, device_name, non_negative_int, pick_device, positive_int, run_main  # noqa: E402
 from utils.config import TRAIN, load_config  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 from utils.profile import MODEL_PHASES, Profile  # noqa: E402
 
 #: the rows of the breakdown, in step order (the model's own phases count as forward)
@@ -65,7 +65,7 @@ def bench_config(args: argparse.Namespace) -> dict:
     spec = cfg["train_dataset"]
     data = args.data
     if args.synthetic:
-        data = str(make_synthetic(Path(tempfile.gettempdir()) / f"lmf_bench_train_{args.synthetic}", args.synthetic))
+        data = str(make_synthetic(ROOT / "outputs" / f"bench_train_synthetic_{args.synthetic}", args.synthetic))
     if data:
         spec["dataset"]["args"]["root_path"] = data
     spec["dataset"]["args"]["repeat"] = 1
@@ -118,27 +118,53 @@ def breakdown(prof: Profile, iters: int) -> dict[str, float]:
     return {k: 1000 * v / iters for k, v in rows.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
+def worker_counts(text: str) -> list[int]:
+    """argparse type: comma-separated worker counts (empty: none)."""
+    try:
+        counts = [int(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of worker counts") from None
+    if any(c < 0 for c in counts):
+        raise argparse.ArgumentTypeError(f"{text!r}: worker counts must be >= 0")
+    return counts
+
+
+def build_parser() -> Parser:
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="a training config (YAML), e.g. configs/cpu/try_lmliif.yaml")
     ap.add_argument("--data", help="folder of training images replacing the config's")
-    ap.add_argument("--synthetic", type=int, default=0, metavar="N",
-                    help="N synthetic DIV2K-sized images in the temp folder instead of the config's")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
-    ap.add_argument("--compile", nargs="?", const="default", choices=train.COMPILE_MODES)
+    ap.add_argument("--synthetic", type=positive_int, metavar="N",
+                    help="N synthetic DIV2K-sized images (made once under outputs/) instead of the config's")
+    ap.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    ap.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast, as train.py --amp")
+    ap.add_argument("--compile", nargs="?", const="default", choices=train.COMPILE_MODES,
+                    help="torch.compile the step, as train.py --compile")
     ap.add_argument("--optimizer", choices=["fused", "foreach", "single"], default="fused",
-                    help="the optimizer's implementation (train.py: fused)")
-    ap.add_argument("--read-every", type=int, default=50,
-                    help="read the losses every N iterations (train.py: 50; 1 is a host sync per step)")
-    ap.add_argument("--iters", type=int, default=20, help="timed iterations")
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the config's)")
-    ap.add_argument("--pipeline-workers", default="0",
-                    help="comma-separated worker counts to time the data pipeline alone with ('' skips)")
-    ap.add_argument("--pipeline-samples", type=int, default=400)
-    ap.add_argument("--json", help="also write the results here")
-    args = ap.parse_args(argv)
+                    help="the optimizer's implementation (default and train.py's: fused)")
+    ap.add_argument("--read-every", type=positive_int, default=50,
+                    help="read the losses every N iterations (default and train.py's: 50; 1 is a host sync per step)")
+    ap.add_argument("--iters", type=positive_int, default=20, help="timed iterations (default: 20)")
+    ap.add_argument("--warmup", type=positive_int, default=5,
+                    help="iterations run before timing: start-up, compilation, first batches (default: 5)")
+    ap.add_argument("--workers", type=non_negative_int, help="DataLoader workers of the step (default: the config's)")
+    ap.add_argument("--pipeline-workers", type=worker_counts, default=[0],
+                    help="comma-separated worker counts to time the data pipeline alone with; 0 = one process "
+                         "reading items itself, i.e. one worker's capacity; '' skips (default: 0)")
+    ap.add_argument("--pipeline-samples", type=positive_int, default=400,
+                    help="samples per pipeline measurement (default: 400)")
+    ap.add_argument("--json", help="also write the results to this JSON file")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(lambda: bench(build_parser().parse_args(argv)),
+                    out_of_memory="out of memory; lower the config's batch_size or use --amp bf16",
+                    interrupted="interrupted")
+
+
+def bench(args: argparse.Namespace) -> None:
+    if args.data and args.synthetic:
+        raise UserError("give --data or --synthetic, not both")
     device = pick_device(args.device)
     cfg = bench_config(args)
     if args.workers is None:
@@ -148,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     shape = (f"batch {spec['batch_size']}, inp_size {wrapper.get('args', {}).get('inp_size')}, "
              f"sample_q {wrapper.get('args', {}).get('sample_q')}")
     print(f"# {args.config} ({shape}) on {device}, amp {args.amp}, compile {args.compile or 'off'}, "
-          f"optimizer {args.optimizer}, loss read every {args.read_every}, {args.workers} workers, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+          f"optimizer {args.optimizer}, loss read every {args.read_every}, DataLoader workers: {args.workers}, "
+          f"torch {torch.__version__}, intra-op threads: {torch.get_num_threads()}", flush=True)
 
     tr = set_up(args, cfg, device)
     t = time.perf_counter()
@@ -161,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     prof_secs = run_epoch(tr, 3, args.iters, args.read_every, prof)
     rows = breakdown(prof, args.iters)
     hours = RECIPE_ITERATIONS / its / 3600
-    print(f"iterations/s: {its:.2f} ({1000 / its:.1f} ms/it; {its * spec['batch_size']:.0f} samples/s); "
-          f"1M iterations: {hours:.1f} h")
-    print(f"breakdown (profiled epoch, {args.iters} iterations in {prof_secs:.2f} s"
+    print(f"iterations/s: {its:.2f} over {args.iters} iterations ({1000 / its:.1f} ms/it; "
+          f"{its * spec['batch_size']:.0f} samples/s); 1M iterations (the official recipes' length) would take "
+          f"{hours:.1f} h at this rate")
+    print(f"breakdown (a second, profiled epoch: {args.iters} iterations in {prof_secs:.2f} s"
           f"{', CUDA-synchronised at each phase' if device.type == 'cuda' else ''}):")
     total = sum(rows.values())
     for name, ms in rows.items():
@@ -171,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<12} {ms:9.2f} ms/it {100 * ms / total:5.1f} %")
 
     pipeline: dict[str, float] = {}
-    counts = [int(w) for w in args.pipeline_workers.split(",") if w.strip()]
+    counts = args.pipeline_workers
     seeded = lambda ds: train.SeededItems(ds, cfg["seed"])  # noqa: E731  (as train.py reads items)
     for w in counts:
         rate = samples_per_second(spec, w, args.pipeline_samples, wrap=seeded)
@@ -180,14 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data pipeline alone, {what}: {rate:.0f} samples/s", flush=True)
     if "0" in pipeline:
         need = 100 * spec["batch_size"]
-        print(f"  100 it/s needs {need} samples/s: {math.ceil(need / pipeline['0'])} workers at this per-worker rate; "
-              f"16 workers would give ~{16 * pipeline['0']:.0f} samples/s (if the cores are free)")
+        print(f"  a GPU step at 100 it/s (the goal for the official recipes) would need {need} samples/s: "
+              f"{math.ceil(need / pipeline['0'])} worker(s) at this per-worker rate, given a free core each")
     result = {"config": args.config, "device": str(device), "amp": args.amp, "compile": args.compile,
               "optimizer": args.optimizer, "read_every": args.read_every, "workers": args.workers,
               "iters_per_s": its, "ms_per_iter": rows, "hours_1M": hours, "pipeline_samples_per_s": pipeline}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
-    return 0
 
 
 if __name__ == "__main__":

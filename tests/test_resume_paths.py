@@ -60,7 +60,7 @@ def test_interrupted_in_the_first_epoch_says_so_and_the_named_command_starts_ove
         _interrupt_in_epoch(m, train_mod, 1)
         rc, _, err = _main(train_mod, args, capsys)
     assert rc == 130
-    assert "before the first epoch ended" in err and "no checkpoint" in err and "without --resume" in err, err
+    assert "before the first checkpoint" in err and "nothing was saved" in err and "without --resume" in err, err
     assert (run / "log.txt").is_file() and not list(run.glob("epoch-*.pth"))
 
     rc, _, err = _main(train_mod, [*args, "--resume"], capsys)  # what a user tries first

@@ -211,9 +211,10 @@ def test_kill_within_an_epoch_and_resume_gives_the_same_weights_and_curve(tmp_pa
     last = save / "cut" / "epoch-last.pth"
     ck = torch.load(last, weights_only=True)
     assert ck["epoch"] == 1 and ck["epoch_iters"] in (10, 20), "the kill came after epoch 2 ended"
+    within = last.read_bytes()
     res = _train("--config", str(cfg_path), "--name", "cut", "--save-root", str(save), "--resume")
     assert res.returncode == 0, res.stderr
-    assert f"resumed from epoch 1, and {ck['epoch_iters']} iterations of epoch 2" in res.stdout
+    assert f"resumed from epoch 1 and {ck['epoch_iters']} iterations of epoch 2" in res.stdout
     a, b = _weights(save / "full" / "epoch-last.pth"), _weights(last)
     for k in a:
         if DEVICE.type == "cpu":
@@ -233,6 +234,20 @@ def test_kill_within_an_epoch_and_resume_gives_the_same_weights_and_curve(tmp_pa
     assert [s for s, _ in cut] == list(range(1, 91))  # every iteration logged once
     if DEVICE.type == "cpu":
         assert cut == ref  # the same loss at every iteration
+    # the position counts batches of the epoch's order: another batch size is refused, nothing changes
+    other = save / "other"
+    other.mkdir()
+    (other / "epoch-last.pth").write_bytes(within)
+    cfg["train_dataset"]["batch_size"] = 2
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    r = _train("--config", str(cfg_path), "--name", "other", "--save-root", str(save), "--resume")
+    assert r.returncode == 2 and "iterations of batch 4 per epoch" in r.stderr and "batch 2" in r.stderr, r.stderr
+    assert sorted(p.name for p in other.iterdir()) == ["epoch-last.pth"]
+    # a completed run resumed: nothing to do, nothing written
+    files = {p.name: p.stat().st_mtime_ns for p in (save / "cut").iterdir()}
+    r = _train("--config", str(cfg_path), "--name", "cut", "--save-root", str(save), "--resume")
+    assert r.returncode == 0 and "nothing to do: the run in" in r.stdout and "raise epoch_max" in r.stdout, r.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in (save / "cut").iterdir()} == files
 
 
 def test_workers_that_live_across_epochs_draw_each_epochs_samples(tmp_path):
@@ -293,3 +308,4 @@ def test_step_losses_are_read_in_batches_and_name_the_first_bad_iteration():
         resumed.add(torch.tensor(v))
     with pytest.raises(train.NonFinite, match=r"loss became nan at epoch 3, iteration 12$"):
         resumed.read()
+

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from utils.config import read_yaml
-from utils.coords import make_coord
+from utils.coords import axis_coords, make_coord
 from utils.errors import UserError
 from utils.profile import phase
 
@@ -202,15 +203,28 @@ class CMSR:
     table: Scale2Mod
     mse_threshold: float | None = None
     allow_other_checkpoint: bool = False
+    # the weights last found to match the table: (weak reference, data pointer, version) each
+    _matched: list | None = field(default=None, init=False, repr=False, compare=False)
 
     def check_model(self, model: "ImplicitDecoder") -> None:
-        """Refuse a table recorded for other weights than ``model``'s (unless allowed)."""
+        """Refuse a table recorded for other weights than ``model``'s (unless allowed).
+
+        The weights' digest (hashing every value, ~5 ms for the bundled model) is skipped when
+        they are the very tensors last found to match, unchanged (same objects, storage and
+        in-place version counters)."""
         if self.table.checkpoint is None or self.allow_other_checkpoint:
             return
         from utils.checkpoint import state_dict_digest
 
+        tensors = [*model.parameters(), *model.buffers()]
+        seen = self._matched
+        if seen is not None and len(seen) == len(tensors) and all(
+                ref() is t and ptr == t.data_ptr() and ver == t._version for (ref, ptr, ver), t in zip(seen, tensors, strict=True)):
+            return
         digest = state_dict_digest(model.state_dict())
-        if digest != self.table.checkpoint:
+        if digest == self.table.checkpoint:
+            self._matched = [(weakref.ref(t), t.data_ptr(), t._version) for t in tensors]
+        else:
             name = self.table.source or "the Scale2Mod table"
             raise UserError(f"{name} was built for other weights (state dict sha256 {self.table.checkpoint[:12]}..., "
                             f"this model {digest[:12]}...): build one for this model with scripts/init_cmsr.py, "
@@ -252,24 +266,41 @@ class CMSR:
         self.check_model(model)
         outs, rendered = [], 0.0
         for i in range(coord.shape[0]):
-            one = lat.image(i)
             with phase("cmsr bookkeeping"):  # the level renders inside it count as "render"
-                out, cost = self._decode_one(model, one, coord[i:i + 1], bsize)
-            outs.append(out)
-            rendered += cost
-        q_total = coord.shape[0] * coord.shape[1]
-        if stats is not None:
-            stats["cmsr_rendered_fraction"] = rendered / q_total
-            stats["cmsr_skipped_fraction"] = 1.0 - rendered / q_total
+                levels = self._levels_one(model, lat.image(i), coord.shape[1], bsize)
+                outs.append(levels.sample(coord[i:i + 1]))
+            rendered += levels.cost
+        _record(stats, rendered, coord.shape[0] * coord.shape[1])
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)  # one image: no full-size copy
 
-    def _decode_one(self, model: "ImplicitDecoder", lat: "Latent", coord: torch.Tensor,
-                    bsize: int) -> tuple[torch.Tensor, float]:
-        """One image, coarse to fine: each level renders the points whose LR cell it selects and
-        takes every other point from the coarser result, bilinearly resampled."""
+    def decode_image(self, model: "ImplicitDecoder", lat: "Latent", size: tuple[int, int], bsize: int,
+                     stats: dict | None = None, sub: Sequence[float] = (0.5,),
+                     div: Sequence[float] = (0.5,)) -> torch.Tensor:
+        """:meth:`decode` at every pixel centre of an (H, W) = ``size`` image (``make_coord``'s
+        grid), as the image (B, 3, H, W) ``clamp(rgb * div + sub, 0, 1)`` (per-channel ``sub``,
+        ``div``: the inverse of the network's normalisation). The same bits as :meth:`decode`
+        followed by those operations; on fp32 CPU tensors with the kernel the final resampling
+        writes the image directly (row and column set-ups, no (H*W, 2) coordinate grid, no
+        (H*W, 3) intermediate)."""
+        self.check_model(model)
+        H, W = int(size[0]), int(size[1])
+        b, dev = lat.inp.shape[0], lat.inp.device
+        out = torch.empty(b, 3, H, W, dtype=lat.inp.dtype, device=dev)
+        rendered = 0.0
+        for i in range(b):
+            with phase("cmsr bookkeeping"):  # the level renders inside it count as "render"
+                levels = self._levels_one(model, lat.image(i), H * W, bsize)
+                levels.write_image(out[i], H, W, sub, div)
+            rendered += levels.cost
+        _record(stats, rendered, b * H * W)
+        return out
+
+    def _levels_one(self, model: "ImplicitDecoder", lat: "Latent", q: int, bsize: int) -> "_Levels":
+        """One image's levels for ``q`` target queries, coarse to fine: each level renders the
+        points whose LR cell it selects and takes every other point from the coarser result,
+        bilinearly resampled. Returns the finest level, to be resampled onto the target."""
         h, w = lat.hw
-        q = coord.shape[1]
-        dev = coord.device
+        dev = lat.inp.device
         scale = math.sqrt(q / h / w)
         decode_scales, bounds = self.table.levels(scale)
         n_levels = len(decode_scales)
@@ -311,14 +342,49 @@ class CMSR:
                 ret = flat.view(1, 3, qh, qw)
             del grid, pred
             done = (i, qh, qw)
-        if done is not None and done[0] == n_levels - 1 and decode_scales[-1] >= scale and done[1] * done[2] == q:
-            # the finest level is the target grid itself
-            out = px.view(1, q, 4)[..., :3] if px is not None else ret.view(1, 3, q).transpose(1, 2)
-        elif px is not None:
-            out = fast_render.cmsr_sample(px, coord)
-        else:
-            out = Q.sample_bilinear(ret, coord)
-        return out, cost
+        # is the finest level the target grid itself?
+        exact = done is not None and done[0] == n_levels - 1 and decode_scales[-1] >= scale and done[1] * done[2] == q
+        return _Levels(ret, px, exact, cost)
+
+
+@dataclass
+class _Levels:
+    """One image's finest CMSR level: ``img`` (1, 3, qh, qw) on the PyTorch path, or ``px`` (qh,
+    qw, 4) in the kernels' layout; ``exact``: it is the target grid itself (no resampling);
+    ``cost``: the points rendered."""
+
+    img: torch.Tensor
+    px: torch.Tensor | None
+    exact: bool
+    cost: float
+
+    def sample(self, coord: torch.Tensor) -> torch.Tensor:
+        """The level at the target coordinates ``coord`` (1, Q, 2) -> (1, Q, 3)."""
+        q = coord.shape[1]
+        if self.exact:
+            return self.px.view(1, q, 4)[..., :3] if self.px is not None else self.img.view(1, 3, q).transpose(1, 2)
+        if self.px is not None:
+            return fast_render.cmsr_sample(self.px, coord)
+        return Q.sample_bilinear(self.img, coord)
+
+    def write_image(self, out: torch.Tensor, H: int, W: int, sub: Sequence[float], div: Sequence[float]) -> None:
+        """``clamp(sample * div + sub, 0, 1)`` at ``make_coord((H, W))`` written to ``out`` (3, H, W)."""
+        dev = out.device
+        mul = torch.tensor(list(div), dtype=torch.float32).expand(3)
+        add = torch.tensor(list(sub), dtype=torch.float32).expand(3)
+        if self.px is not None and not self.exact and out.dtype == torch.float32 and out.is_contiguous():
+            fast_render.cmsr_sample_planes(self.px, axis_coords(H), axis_coords(W), mul, add, out)
+            return
+        rgb = self.sample(make_coord((H, W), device=dev).unsqueeze(0))[0]
+        rgb = rgb * mul.to(dev, rgb.dtype) + add.to(dev, rgb.dtype)  # as models.inference.denormalise
+        out.copy_(rgb.clamp_(0, 1).view(H, W, 3).permute(2, 0, 1))
+
+
+def _record(stats: dict | None, rendered: float, q_total: int) -> None:
+    """The rendered / skipped fractions of ``q_total`` queries into ``stats``."""
+    if stats is not None:
+        stats["cmsr_rendered_fraction"] = rendered / q_total
+        stats["cmsr_skipped_fraction"] = 1.0 - rendered / q_total
 
 
 def _fused(img: torch.Tensor) -> bool:

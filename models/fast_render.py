@@ -518,3 +518,42 @@ def cmsr_points(grid: torch.Tensor, lr_row: torch.Tensor, mask: torch.Tensor, fi
 
     _parallel(qh, run, rows_per_item=max(1, qw))
     return pts.unsqueeze(0)
+
+
+def cmsr_axis(coords: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
+    """The bilinear set-up along one axis of ``size`` pixels for ``coords`` (n,) in [-1, 1]:
+    (first neighbour, step to the second (0 or 1), its weight 1 - f, the second's weight f)."""
+    lib = library()
+    assert lib is not None
+    c = coords.detach().float().contiguous()
+    n = c.shape[0]
+    i0, step = torch.empty(n, dtype=torch.int64), torch.empty(n, dtype=torch.int64)
+    lo, hi = torch.empty(n), torch.empty(n)
+    lib.lmf_cmsr_axis(n=n, c=c, size=size, i0=i0, step=step, lo=lo, hi=hi)
+    return i0, step, lo, hi
+
+
+@torch.no_grad()
+def cmsr_sample_planes(px: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, mul: torch.Tensor,
+                       add: torch.Tensor, out: torch.Tensor) -> None:
+    """:func:`cmsr_sample` at the separable grid of row coordinates ``rows`` (H,) x column
+    coordinates ``cols`` (W,), each sample v written as ``clamp(v * mul + add, 0, 1)`` (mul, add:
+    (3,) per channel) into ``out`` (3, H, W) (contiguous): the bits of sampling ``make_coord``'s
+    grid and then scaling, shifting and clamping the (H*W, 3) result, without either."""
+    lib = library()
+    assert lib is not None
+    px = px.detach().contiguous()
+    H, W = out.shape[1:]
+    if not out.is_contiguous() or out.shape[0] != 3 or rows.shape[0] != H or cols.shape[0] != W:
+        raise ValueError("cmsr_sample_planes: out must be a contiguous (3, H, W) tensor for H rows and W columns")
+    ry, cx = cmsr_axis(rows, px.shape[0]), cmsr_axis(cols, px.shape[1])
+    mul, add = mul.detach().float().contiguous(), add.detach().float().contiguous()
+    flat = out.view(-1)
+
+    def run(start: int, stop: int) -> None:
+        lib.lmf_cmsr_sample_planes(n_rows=stop - start, W=W, r0=ry[0][start:], r_step=ry[1][start:],
+                                   r_lo=ry[2][start:], r_hi=ry[3][start:], c0=cx[0], c_step=cx[1], c_lo=cx[2],
+                                   c_hi=cx[3], ih=px.shape[0], iw=px.shape[1], img=px, mul=mul, add=add,
+                                   plane=H * W, out=flat[start * W:])
+
+    _parallel(H, run, rows_per_item=max(1, W))

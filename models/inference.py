@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from utils.coords import axis_coords, make_cell, make_coord
+from utils.coords import axis_coords, make_cell
 from utils.profile import phase
 
 from . import cmsr as multiscale
@@ -58,15 +58,21 @@ def upsample(model: ImplicitDecoder, img: torch.Tensor, size: tuple[int, int], s
              progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Upscale ``img`` (B, 3, h, w) in [0, 1] to ``size`` = (H, W) -> (B, 3, H, W) in [0, 1].
 
-    The bands of :func:`upsample_bands` copied into one output tensor; ``progress(n_rows)`` is
-    called after each band.
+    The bands of :func:`upsample_bands` copied into one output tensor (a single band that is the
+    whole image, CMSR's, is returned as it is); ``progress(n_rows)`` is called after each band.
     """
-    b = img.shape[0]
-    out = img.new_empty(b, 3, int(size[0]), int(size[1]))
+    b, H, W = img.shape[0], int(size[0]), int(size[1])
+    out = None
     for r0, band in upsample_bands(model, img, size, scale_max, bsize, cmsr, stats):
-        out[:, :, r0:r0 + band.shape[2]] = band
+        if out is None and band.shape[2] == H and band.dtype == img.dtype and band.is_contiguous():
+            out = band  # one band is the whole image (CMSR): no copy
+        else:
+            if out is None:
+                out = img.new_empty(b, 3, H, W)
+            out[:, :, r0:r0 + band.shape[2]] = band
         if progress is not None:
             progress(band.shape[2])
+    assert out is not None
     return out
 
 
@@ -81,7 +87,8 @@ def upsample_bands(model: ImplicitDecoder, img: torch.Tensor, size: tuple[int, i
     (about ``bsize`` queries each) whose coordinates are made on the fly, so memory beyond the
     input's features is one band's worth: a caller that writes each band away (a file, see
     :func:`upscale_file`) never holds the output image. With CMSR active the whole target grid
-    is decoded at once (it needs the full grid) and comes as one band.
+    is decoded at once (it needs the full grid) and comes as one band, written by CMSR as the
+    image (no coordinate grid, no intermediate copies).
     """
     b, _, h, w = img.shape
     H, W = int(size[0]), int(size[1])
@@ -107,12 +114,8 @@ def upsample_bands(model: ImplicitDecoder, img: torch.Tensor, size: tuple[int, i
     if note is not None and stats is not None:
         stats["cmsr_note"] = note
     if active is not None:
-        coord = make_coord((H, W), device=dev).unsqueeze(0).expand(b, -1, -1)
-        # one cell for every query (CMSR reads only its shape): a view, not H*W copies
-        cell = clip_cell(make_cell((H, W), n=1, device=dev), scale_hw, scale_max).view(1, 1, 2).expand(b, H * W, 2)
-        rgb = multiscale.decode(model, lat, coord, cell, bsize=bsize, cmsr=active, stats=stats)
-        del coord, cell
-        yield 0, denormalise(rgb).clamp_(0, 1).view(b, H, W, 3).permute(0, 3, 1, 2)
+        # the whole target grid at once, written as the image (no coordinate grid is made)
+        yield 0, active.decode_image(model, lat, (H, W), bsize or model.chunk_size(lat), stats)
         return
     rows_y, cols_x = axis_coords(H, dev), axis_coords(W, dev)
     band = max(1, (bsize or model.chunk_size(lat)) * 4 // W)

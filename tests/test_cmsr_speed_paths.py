@@ -1,6 +1,7 @@
-"""CMSR's fused CPU path (models/fast_render.py: cmsr_points, cmsr_merge, cmsr_sample) against
-the PyTorch reference path it replaces (full-size mask + nonzero, grid_sample + index_put,
-query.sample_bilinear).
+"""CMSR's fused CPU path (models/fast_render.py: cmsr_points, cmsr_merge, cmsr_sample,
+cmsr_sample_planes) against the PyTorch reference path it replaces (full-size mask + nonzero,
+grid_sample + index_put, query.sample_bilinear, then denormalise and clamp), and CMSR's image
+entry point (target size in, image out) against its decode at make_coord's grid.
 
 The kernels compute grid_sample's bilinear samples operation by operation as PyTorch's
 vectorised CPU kernel does (AVX2/AVX-512 builds): there the results must be the same bits; on
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from models import cmsr as C
 from models import fast_render
 from models import query as Q
-from utils.coords import make_coord
+from utils.coords import axis_coords, make_coord
 
 pytestmark = pytest.mark.skipif(fast_render.library() is None, reason="fused CPU kernel unavailable")
 
@@ -120,3 +121,74 @@ def test_decode_fused_is_the_reference_path(monkeypatch, scale):
         ref = C.render(model, inp, coord, cell)
     assert 0 < stats["cmsr_skipped_fraction"] < 1
     _same(fused, ref)
+
+
+def _planes_reference(img: torch.Tensor, H: int, W: int, mul: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
+    """What models.inference did before CMSR wrote the image itself: sample make_coord's grid,
+    then scale, shift and clamp the (H*W, 3) result, then lay it out as planes."""
+    rgb = Q.sample_bilinear(img, make_coord((H, W)).unsqueeze(0))[0]
+    return (rgb * mul + add).clamp_(0, 1).view(H, W, 3).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("ih, iw, H, W", [(1, 1, 3, 5), (5, 3, 17, 1), (7, 9, 30, 41), (50, 31, 75, 46),
+                                          (125, 185, 1000, 1480), (9, 13, 9, 13)])
+def test_sample_planes_is_the_sampled_grid_scaled_and_clamped(ih, iw, H, W):
+    g = torch.Generator().manual_seed(ih * 100 + W)
+    img = torch.randn(1, 3, ih, iw, generator=g)  # values clamp at both ends
+    for mul, add in ((torch.full((3,), 0.5), torch.full((3,), 0.5)),
+                     (torch.tensor([0.229, 0.224, 0.225]), torch.tensor([0.485, 0.456, 0.406]))):
+        out = torch.full((3, H, W), float("nan"))
+        fast_render.cmsr_sample_planes(fast_render.cmsr_pixels(img), axis_coords(H), axis_coords(W), mul, add, out)
+        _same(out, _planes_reference(img, H, W, mul, add))
+
+
+def test_sample_planes_keeps_nan_and_refuses_a_wrong_output():
+    img = torch.zeros(1, 3, 4, 4)
+    img[0, 1, 2, 2] = float("nan")
+    out = torch.empty(3, 8, 8)
+    half = torch.full((3,), 0.5)
+    fast_render.cmsr_sample_planes(fast_render.cmsr_pixels(img), axis_coords(8), axis_coords(8), half, half, out)
+    assert torch.isnan(out[1]).any() and not torch.isnan(out[0]).any()  # clamp keeps a NaN, as torch's does
+    with pytest.raises(ValueError, match="contiguous"):
+        fast_render.cmsr_sample_planes(fast_render.cmsr_pixels(img), axis_coords(8), axis_coords(8), half, half,
+                                       torch.empty(8, 8, 3).permute(2, 0, 1))
+
+
+@pytest.mark.parametrize("scale", [8, 7.3])
+@pytest.mark.parametrize("fused", [True, False])
+def test_decode_image_is_decode_then_denormalised(monkeypatch, scale, fused):
+    """The image entry point (target size, no coordinates) against decode at make_coord's grid
+    followed by models.inference's denormalise and clamp, on both paths; at x8 the finest level
+    is the target grid (no resampling), at x7.3 it is resampled."""
+    from models.inference import denormalise
+
+    model, inp, _, _ = _tie_model()
+    h, w = inp.shape[-2:]
+    H, W = round(scale * h), round(scale * w)
+    if not fused:
+        monkeypatch.setattr(C, "_fused", lambda img: False)
+    cell = torch.tensor([[[2 / H, 2 / W]]])
+    with torch.no_grad():
+        lat = model.prepare(inp, cell)
+        stats: dict = {}
+        image = model.cmsr.decode_image(model, lat, (H, W), 4096, stats)
+        ref = model.cmsr.decode(model, lat, make_coord((H, W)).unsqueeze(0), 4096)
+    ref = denormalise(ref).clamp_(0, 1).view(1, H, W, 3).permute(0, 3, 1, 2)
+    assert image.shape == (1, 3, H, W) and image.is_contiguous()
+    assert 0 < stats["cmsr_skipped_fraction"] < 1
+    assert torch.equal(image, ref)
+
+
+def test_the_weights_check_sees_an_in_place_change():
+    """check_model skips the digest for the weights it last matched, unless they changed."""
+    from utils.checkpoint import state_dict_digest
+    from utils.errors import UserError
+
+    model, _, _, _ = _tie_model()
+    cm = C.CMSR(C.Scale2Mod({8: {1: 0.0, 8: 1.0}}, checkpoint=state_dict_digest(model.state_dict())))
+    cm.check_model(model)
+    cm.check_model(model)  # the same tensors, unchanged
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    with pytest.raises(UserError, match="other weights"):
+        cm.check_model(model)

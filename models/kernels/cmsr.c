@@ -134,11 +134,15 @@ int lmf_cmsr_merge(int64_t n_rows, int64_t qw, const float *gx, const float *gy,
         for (int64_t c0 = 0; c0 < qw; c0 += LB) {
             const int m = (int)(qw - c0 < LB ? qw - c0 : LB);
             const int64_t i0 = r * qw + c0;
-            float x[LB] = {0}, y[LB] = {0};
             v4 o[LB];
-            memcpy(x, gx + i0, m * sizeof(float));
-            memcpy(y, gy + i0, m * sizeof(float));
-            bilinear_block(prev, ph, pw, x, y, o);
+            int marked = 0;
+            for (int l = 0; l < m; ++l) marked += msk[c0 + l] != 0.0f;
+            if (marked < m) {  /* a block of rendered points only needs no samples */
+                float x[LB] = {0}, y[LB] = {0};
+                memcpy(x, gx + i0, m * sizeof(float));
+                memcpy(y, gy + i0, m * sizeof(float));
+                bilinear_block(prev, ph, pw, x, y, o);
+            }
             for (int l = 0; l < m; ++l) {
                 if (msk[c0 + l] != 0.0f) {
                     if (k >= n_pred) return LMF_E_INDEX;

@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     ap.add_argument("--compare", nargs="*", default=[], help="other checkouts whose CMSR is timed alongside")
     ap.add_argument("--out", help="also write the markdown table here")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out table")
     ap.add_argument("--image", default=os.path.join(data, "benchmark", "Set14", "HR", "monarch.png"))
     ap.add_argument("--lr-size", default="185x125", help="WxH the photo is resized to (default 185x125)")
     ap.add_argument("--model", default=os.path.join(ROOT, "weights", "lmliif_edsr-b_cpu.pth"))
@@ -101,8 +102,19 @@ def main() -> None:
         args.config, args.repo, args.scale = args.worker, args.worker_repo, args.worker_scale
         worker(args)
         return
+    # this checkout's helpers, imported only here: a worker imports everything from the checkout it times
+    sys.path.insert(0, ROOT)
+    from utils.atomic import write_text_atomic
+    from utils.cli import output_path
+    from utils.errors import UserError
+
     if args.threads < 1 or args.repeats < 1 or args.rounds < 1:
         raise SystemExit("error: --threads, --repeats and --rounds must be at least 1")
+    if args.out:
+        try:
+            output_path(args.out, args.overwrite, "--out", "table")
+        except UserError as e:
+            raise SystemExit(f"error: {e}") from None
     if not os.path.isfile(args.image):
         raise SystemExit(f"error: no image {args.image} (set LMF_DATA or give --image)")
     scales = [float(s) for s in args.scales.split(",")]
@@ -129,8 +141,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        write_text_atomic(args.out, text, "table")
 
 
 if __name__ == "__main__":

@@ -216,7 +216,7 @@ class CMSR:
             return
         from utils.checkpoint import state_dict_digest
 
-        tensors = [*model.parameters(), *model.buffers()]
+        tensors = [t for m in model.modules() for d in (m._parameters, m._buffers) for t in d.values() if t is not None]
         seen = self._matched
         if seen is not None and len(seen) == len(tensors) and all(
                 ref() is t and ptr == t.data_ptr() and ver == t._version for (ref, ptr, ver), t in zip(seen, tensors, strict=True)):
@@ -329,7 +329,7 @@ class CMSR:
                 pts = torch.stack([planes[1, idx], planes[0, idx]], dim=-1).unsqueeze(0)  # (row, col)
             cell = torch.tensor([[[2 / qh, 2 / qw]]], dtype=pts.dtype, device=dev) * max(d / TRAINING_SCALE, 1)
             with phase("render"):
-                pred = Q.stream(lambda c, ce: model.query(lat, c, ce), pts, cell.expand_as(pts).contiguous(), bsize)
+                pred = Q.stream(lambda c, ce: model.query(lat, c, ce), pts, cell.expand_as(pts), bsize)  # a view: one cell
             del pts
             # the coarser result resampled onto this level, the rendered points written over it
             if px is not None:

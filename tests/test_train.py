@@ -298,12 +298,12 @@ def test_step_losses_are_read_in_batches_and_name_the_first_bad_iteration():
     import train
 
     log = train.Log(None)
-    losses = train.StepLosses(log, epoch=3, first_step=201, every=3)
+    losses = train.StepLosses(log, epoch=3, n_iter=100, every=3)
     assert not losses.add(torch.tensor(1.0)) and not losses.add(torch.tensor(2.0))
     assert losses.add(torch.tensor(3.0))  # the third: time to read
     losses.read()
     assert losses.count == 3 and losses.mean == 2.0
-    resumed = train.StepLosses(log, epoch=3, first_step=201, total=30.0, count=10)
+    resumed = train.StepLosses(log, epoch=3, n_iter=100, total=30.0, count=10)
     for v in (1.0, float("nan"), float("inf")):
         resumed.add(torch.tensor(v))
     with pytest.raises(train.NonFinite, match=r"loss became nan at epoch 3, iteration 12$"):

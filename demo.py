@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from utils.cli import (Parser, add_overwrite, add_precision, check_output, device_label, device_name,
-                       no_torch_message, output_path, parse_scale, pick_device, positive_int, run_main, scale_label)
+                       no_torch_message, output_path, parse_scale, pick_device, program, positive_int, run_main, scale_label)
 from utils.errors import UserError
 from utils.images import IMAGE_EXTENSIONS
 from utils.profile import Profile, active, phase, process_start
@@ -317,4 +317,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(program(main))

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from utils.atomic import write_text_atomic
 from utils.cli import (Parser, ScaleHW, add_overwrite, add_precision, check_output, device_name, no_torch_message,
-                       non_negative_int, output_path, parse_scales, pick_device, positive_float, positive_int, run_main,
+                       non_negative_int, output_path, parse_scales, pick_device, program, positive_float, positive_int, run_main,
                        scale_label)
 from utils.errors import UserError
 from utils.profile import Profile, phase, process_start
@@ -537,4 +537,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(program(main))

@@ -51,7 +51,7 @@ from models.inference import normalise, predict
 from utils import metrics
 from utils.atomic import TMP_PREFIX, write_text_atomic
 from utils.checkpoint import load_checkpoint, save_atomic
-from utils.cli import Parser, device_name, non_negative_int, pick_device, run_main
+from utils.cli import Parser, device_name, non_negative_int, pick_device, program, run_main
 from utils.config import TRAIN, load_config
 from utils.errors import UserError
 from utils.profile import phase
@@ -931,4 +931,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(program(main))

@@ -1,6 +1,7 @@
 """The time breakdown (utils/profile.py) and test.py --profile."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -80,3 +81,51 @@ def test_demo_profile_covers_every_part(tmp_path):
     wall = float(re.search(r"demo.py time breakdown \(wall ([0-9.]+) s", r.stdout).group(1))
     assert sum(rows.values()) == pytest.approx(wall, rel=0.02, abs=0.01)
     assert wall <= elapsed + 0.05  # from the process's start (10 ms ticks) to the end of the work
+
+
+_PROGRAM = """
+import gc, json, sys
+sys.path.insert(0, {root!r})
+from utils.cli import pick_device, program, run_main
+
+seen = {{}}
+
+def body():
+    seen["before"] = (gc.isenabled(), gc.get_freeze_count())
+    pick_device("cpu")
+    seen["after"] = (gc.isenabled(), gc.get_freeze_count())
+
+def main():
+    return run_main(body, out_of_memory="oom", interrupted="int")
+
+code = 0
+try:
+    code = {runner}
+finally:
+    print(json.dumps(dict(seen, end=(gc.isenabled(), gc.get_freeze_count()), code=code)))
+"""
+
+
+@pytest.mark.parametrize("runner", ["program(main)", "main()"])
+def test_a_program_pauses_the_collector_until_the_device_is_picked(runner):
+    """Run as a program, the collector is off during start-up and torch's objects are frozen once
+    the device is picked (the run and the exit no longer walk them); ``main()`` called as a
+    function (tests, a library) leaves the collector alone."""
+    script = _PROGRAM.format(root=str(ROOT), runner=runner)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    seen = json.loads(r.stdout.strip().splitlines()[-1])
+    if runner == "program(main)":
+        assert seen["before"] == [False, 0]
+        assert seen["after"][0] is True and seen["after"][1] > 100_000  # torch's objects, frozen
+    else:
+        assert seen["before"] == [True, 0] and seen["after"] == [True, 0]
+    assert seen["end"][0] is True and seen["code"] == 0
+
+
+def test_a_program_that_fails_before_picking_a_device_resumes_the_collector():
+    script = _PROGRAM.format(root=str(ROOT), runner="program(main)").replace(
+        'pick_device("cpu")', 'raise KeyboardInterrupt')
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    seen = json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout.strip() else None
+    assert seen is not None and seen["end"][0] is True and seen["code"] == 130, (r.stdout, r.stderr)

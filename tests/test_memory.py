@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,51 @@ def test_streamed_png_holds_exactly_the_pixels_pillow_writes(tmp_path, channels,
     with Image.open(path) as got:
         assert got.mode == {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
         assert np.array_equal(np.asarray(got), np.asarray(to_pil(img)))
+
+
+def _idat_stream(path) -> bytes:
+    """The concatenated IDAT data of a PNG file (one zlib stream)."""
+    data, pos, out = Path(path).read_bytes(), 8, bytearray()
+    while pos < len(data):
+        n = int.from_bytes(data[pos:pos + 4], "big")
+        if data[pos + 4:pos + 8] == b"IDAT":
+            out += data[pos + 8:pos + 8 + n]
+        pos += 12 + n
+    return bytes(out)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_png_compressed_in_many_parallel_pieces_is_one_valid_stream(tmp_path, monkeypatch, channels):
+    """Pieces of a few rows, several in flight, IDAT chunks cut inside pieces: the pixels are
+    Pillow's, and the zlib stream (segments, final block, combined checksum) decompresses with
+    its checksum verified to exactly the filtered rows."""
+    from utils import images
+
+    monkeypatch.setattr(images._PngStream, "PIECE", 200)
+    monkeypatch.setattr(images._PngStream, "CHUNK", 300)
+    rng = np.random.default_rng(channels)
+    img = rng.random((channels, 97, 131)).astype(np.float32)
+    img[:, 40:] = np.linspace(0, 1, 131, dtype=np.float32)  # smooth rows: filters other than none win
+    path = tmp_path / "a.png"
+    with ImageWriter(path, 97, 131, channels) as out:
+        for r in range(0, 97, 13):
+            out.write(img[:, r:r + 13])
+    with Image.open(path) as got:
+        assert np.array_equal(np.asarray(got), np.asarray(to_pil(img)))
+    raw = zlib.decompress(_idat_stream(path))  # raises on a wrong adler32
+    assert len(raw) == 97 * (1 + 131 * channels)
+    assert len(_idat_stream(path)) > 0 and path.stat().st_size < 97 * 131 * channels * 1.2
+
+
+def test_adler32_of_a_concatenation_from_its_parts():
+    from utils.images import _adler32_cat
+
+    rng = np.random.default_rng(0)
+    for n_a, n_b in [(0, 0), (0, 5), (5, 0), (1, 1), (3000, 70000), (70000, 200000)]:
+        a, b = rng.integers(0, 256, n_a, dtype=np.uint8).tobytes(), rng.integers(0, 256, n_b, dtype=np.uint8).tobytes()
+        assert _adler32_cat(zlib.adler32(a), zlib.adler32(b), len(b)) == zlib.adler32(a + b)
+    ones = b"\xff" * 200000  # sums that wrap the modulus many times
+    assert _adler32_cat(zlib.adler32(ones), zlib.adler32(ones), len(ones)) == zlib.adler32(ones + ones)
 
 
 def test_writer_leaves_nothing_when_rows_are_missing_or_an_error_occurs(tmp_path):

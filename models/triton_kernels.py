@@ -100,7 +100,16 @@ def lte_render(idx, rr, rc, ph, mask2, code_ptr, code_sc, m2, tab_ptr, tab_sl, t
     return mlp_tail(acc, rowp, mask2, tab_sl, wht_ptr, woutt_ptr, bout_ptr, depth)
 
 
-@triton.jit
+# Integers that change with the image or the level size (sizes, batch and layer strides) are not
+# specialised on (Triton otherwise compiles a kernel per combination of "is 1" / "divisible by 16"
+# of each: a new compilation for new sizes); nor is the alignment of the per-query inputs, which
+# callers pass as views at any offset. The model's own constants (depth, widths) still are.
+SIZE_ARGS = ("coord_sb", "coord_sq", "cell_sb", "cell_sq", "phase_sb", "phase_sq", "code_sb", "tab_sl", "tab_sb",
+             "out_sb", "q", "h", "w")
+VIEW_ARGS = ("coord_ptr", "cell_ptr", "phase_ptr", "code_ptr")
+
+
+@triton.jit(do_not_specialize=SIZE_ARGS, do_not_specialize_on_alignment=VIEW_ARGS)
 def query_kernel(coord_ptr, coord_sb, coord_sq, cell_ptr, cell_sb, cell_sq, phase_ptr, phase_sb, phase_sq,
                  code_ptr, code_sb, code_sc, m2, consts_ptr, th_r, th_c, cen_r, cen_c,
                  tab_ptr, tab_sl, tab_sb, tab_sc, w0t_ptr, wht_ptr, woutt_ptr, bout_ptr,

@@ -103,6 +103,15 @@ def _axis_tables(n: int, local_ensemble: bool, device: str) -> tuple[torch.Tenso
             Q.axis_shifts(n, local_ensemble).to(device))
 
 
+@functools.lru_cache(maxsize=64)
+def _consts(h: int, w: int, local_ensemble: bool, device: str) -> torch.Tensor:
+    """The kernel's constants (row shifts, column shifts, the coordinate clamp) on ``device``:
+    made once per size, not per launch (each launch would add a host-to-device copy)."""
+    sh_r, sh_c = _axis_tables(h, local_ensemble, device)[2], _axis_tables(w, local_ensemble, device)[2]
+    clamp = torch.tensor([Q.CLAMP], dtype=torch.float32, device=device)
+    return torch.cat([sh_r.expand(2), sh_c.expand(2), clamp])  # V = 1: the one shift twice
+
+
 def _block() -> int:
     # the interpreter runs one program at a time in numpy: big blocks amortise its overhead
     return 4096 if interpreting() else 64
@@ -118,10 +127,9 @@ def _launch(coord: torch.Tensor, tables: torch.Tensor, h: int, w: int, local_ens
     b, q, _ = coord.shape
     dev = coord.device
     coord = _rows(coord)
-    th_r, cen_r, sh_r = _axis_tables(h, local_ensemble, str(dev))
-    th_c, cen_c, sh_c = _axis_tables(w, local_ensemble, str(dev))
-    clamp = torch.tensor([Q.CLAMP], dtype=torch.float32, device=dev)
-    consts = torch.cat([sh_r.expand(2), sh_c.expand(2), clamp])  # V = 1: the one shift twice
+    th_r, cen_r, _ = _axis_tables(h, local_ensemble, str(dev))
+    th_c, cen_c, _ = _axis_tables(w, local_ensemble, str(dev))
+    consts = _consts(h, w, local_ensemble, str(dev))
     w0t, wht, woutt, bout = (t.float() for t in kernel_weights(coord, w0, hidden, w_out, b_out))
     out = coord.new_empty(b, q, w_out.shape[0])
     tables = tables.detach()

@@ -159,3 +159,63 @@ def test_golden(folder, case):
         out = model(inp, coord, cell)
     diff = (out.cpu() - exp[case["key"]]).abs().max().item()
     assert diff <= 1e-4, f"max |diff| {diff:.3g} > 1e-4"
+
+
+def _binder(fn, specialise_sizes: bool = True):
+    """Triton's own specialisation key function for ``fn`` on a CUDA target (built without a GPU):
+    ``binder(*args, **kwargs)[1]`` is what selects (or triggers) a compiled kernel."""
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import make_backend
+        from triton.runtime.jit import JITFunction, create_function_from_signature
+
+        backend = make_backend(GPUTarget("cuda", 90, 32))
+    except Exception as e:  # another Triton's internals: nothing to compare with
+        pytest.skip(f"this Triton's specialisation key cannot be computed without a GPU ({type(e).__name__}: {e})")
+    if isinstance(fn, JITFunction):  # compiled (GPU) mode: the decorated kernel itself
+        jit = fn if specialise_sizes else JITFunction(fn.fn)
+    else:  # the interpreter's wrapper keeps the decorator's arguments
+        options = {k: v for k, v in fn.kwargs.items() if v is not None}
+        if not specialise_sizes:
+            options = {k: v for k, v in options.items() if not k.startswith("do_not_specialize")}
+        jit = JITFunction(fn.fn, **options)
+    return create_function_from_signature(jit.signature, jit.params, backend)
+
+
+@torch.no_grad()
+def test_one_compiled_kernel_serves_every_image_and_level_size(monkeypatch):
+    """On a GPU Triton compiles a kernel per specialisation key (integers equal to 1 or divisible
+    by 16, pointers aligned to 16 bytes). The launches of whole decodes at LR and HR sizes that
+    differ in exactly those properties (a single LR row, counts divisible by 16 or odd, views at
+    odd offsets as CMSR's levels and the chunks pass) all give one key: one compilation per
+    model and device, not one per image size. Without the kernel's do_not_specialize lists the
+    same launches give several keys (the check can fail)."""
+    real = _kernels["query"]
+    launches = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launches.append((args, kwargs))
+                return real[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(triton_render, "kernels", lambda: {"query": Recorder()})
+    torch.manual_seed(0)
+    for name in ("lmliif", "lmlte"):
+        model = models.make(_spec(name)).to(DEVICE).eval()
+        for lr, hr in [((4, 4), (16, 16)), ((1, 5), (3, 11)), ((5, 7), (13, 17)), ((3, 8), (32, 9))]:
+            inp = torch.rand(1, 3, *lr, device=DEVICE) * 2 - 1
+            coord = make_coord(hr, device=DEVICE).unsqueeze(0)
+            cell = make_cell(hr, device=DEVICE).unsqueeze(0)
+            with triton_path():
+                lat = model.prepare(inp, cell[:, :1])
+                model.decode(lat, coord, cell)
+                model.decode(lat, coord[:, 1:], cell[:, 1:])  # views at an odd offset
+    assert len(launches) >= 16
+    bind = _binder(real)
+    keys = {name: {repr(bind(*a, **k)[1]) for a, k in launches if k["LTE"] == (name == "lmlte")}
+            for name in ("lmliif", "lmlte")}
+    assert all(len(k) == 1 for k in keys.values()), keys
+    unspecialised = _binder(real, specialise_sizes=False)
+    assert len({repr(unspecialised(*a, **k)[1]) for a, k in launches}) > 2

@@ -311,15 +311,21 @@ class CMSR:
         ret = lat.inp  # (1, 3, h, w): start from the LR image
         done = None  # (level, qh, qw) of the finest level rendered
         px = fast_render.cmsr_pixels(ret) if _fused(ret) else None  # the kernels' layout (h, w, 4)
+        # a level point is rendered when its LR cell is selected: the choice is made on the LR
+        # grid and spread to the level's points by their cells (integers, see level_cells)
+        levels = []  # (level, qh, qw, its points) of the levels that render some
         for i in active:
-            d = decode_scales[i]
-            qh, qw = int(h * d), int(w * d)
-            # a level point is rendered when its LR cell is selected: the choice is made on the LR
-            # grid and spread to the level's points by their cells (integers, see level_cells)
+            qh, qw = int(h * decode_scales[i]), int(w * decode_scales[i])
             sel = level_points(selects(mu, i, first, last, bounds), qh, qw)
             cost += sel.count
-            if sel.count == 0:
-                continue
+            if sel.count > 0:
+                levels.append((i, qh, qw, sel))
+        # the kernel path writes the levels alternately into two buffers, the finest level's size
+        # and the next one's: fewer fresh pages to fault in than a new image per level
+        sizes = sorted((qh * qw * 4 for _, qh, qw, _ in levels), reverse=True)
+        buffers = [torch.empty(n, dtype=torch.float32) for n in sizes[:2]] if px is not None else []
+        for k, (i, qh, qw, sel) in enumerate(levels):
+            d = decode_scales[i]
             grid = level_grid(h, w, qh, qw).to(dev)  # (1, 2, qh, qw): x plane, y plane
             if px is not None:
                 pts = fast_render.cmsr_points(grid, sel.lr_row, sel.mask, sel.first, sel.count)
@@ -333,7 +339,8 @@ class CMSR:
             del pts
             # the coarser result resampled onto this level, the rendered points written over it
             if px is not None:
-                px = fast_render.cmsr_merge(px, grid, sel.lr_row, sel.mask, sel.first, pred[0])
+                target = buffers[(len(levels) - 1 - k) % 2]  # the finest level in the larger buffer
+                px = fast_render.cmsr_merge(px, grid, sel.lr_row, sel.mask, sel.first, pred[0], out=target)
             else:
                 up = F.grid_sample(ret, grid.permute(0, 2, 3, 1), mode="bilinear", padding_mode="border",
                                    align_corners=False)

@@ -468,12 +468,13 @@ def cmsr_sample(px: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def cmsr_merge(prev: torch.Tensor, grid: torch.Tensor, lr_row: torch.Tensor, mask: torch.Tensor,
-               first: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+               first: torch.Tensor, pred: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """One CMSR level (qh, qw, 4) in the kernels' layout: the points that ``mask`` (LR rows x qw,
     nonzero = rendered; level row r reads mask row ``lr_row[r]``) marks take the rows of ``pred``
     (N, 3) in row-major order (level row r's first one is ``first[r]``), every other point the
     bilinear sample of ``prev`` (ph, pw, 4) at the level grid ``grid`` (1, 2, qh, qw) (x, y
-    planes), as ``grid_sample`` computes it."""
+    planes), as ``grid_sample`` computes it. ``out``: where to write it (float32, at least
+    qh * qw * 4 elements, not overlapping ``prev``), else a new tensor."""
     lib = library()
     assert lib is not None
     prev = prev.detach().contiguous()
@@ -483,7 +484,10 @@ def cmsr_merge(prev: torch.Tensor, grid: torch.Tensor, lr_row: torch.Tensor, mas
     mask = mask.detach().float().contiguous()
     pred = pred.detach().float().contiguous()
     lr_row, first = lr_row.to(torch.int64).contiguous(), first.to(torch.int64).contiguous()
-    out = prev.new_empty(qh, qw, 4)
+    if out is None:
+        out = prev.new_empty(qh, qw, 4)
+    else:
+        out = out.view(-1)[:qh * qw * 4].view(qh, qw, 4)
     flat = out.view(-1)
 
     def run(start: int, stop: int) -> None:
@@ -498,10 +502,10 @@ def cmsr_merge(prev: torch.Tensor, grid: torch.Tensor, lr_row: torch.Tensor, mas
 
 @torch.no_grad()
 def cmsr_points(grid: torch.Tensor, lr_row: torch.Tensor, mask: torch.Tensor, first: torch.Tensor,
-                n: int) -> torch.Tensor:
+                n: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """The (row, col) coordinates (1, n, 2) of the ``n`` points of a CMSR level that ``mask``
     marks (arguments as in :func:`cmsr_merge`), row-major: the level grid at ``nonzero`` of the
-    full-size mask, without making it."""
+    full-size mask, without making it. ``out``: a contiguous float32 (n, 2) to write them into."""
     lib = library()
     assert lib is not None
     g = grid.detach()[0].float().contiguous()
@@ -509,14 +513,16 @@ def cmsr_points(grid: torch.Tensor, lr_row: torch.Tensor, mask: torch.Tensor, fi
     gx, gy = g[0].view(-1), g[1].view(-1)
     mask = mask.detach().float().contiguous()
     lr_row, first = lr_row.to(torch.int64).contiguous(), first.to(torch.int64).contiguous()
-    pts = g.new_empty(n, 2)
+    pts = g.new_empty(n, 2) if out is None else out
+    if pts.shape != (n, 2) or not pts.is_contiguous() or pts.dtype != torch.float32:
+        raise ValueError("cmsr_points: out must be a contiguous float32 (n, 2) tensor")
 
     def run(start: int, stop: int) -> None:
         lib.lmf_cmsr_points(n_rows=stop - start, qw=qw, gx=gx[start * qw:], gy=gy[start * qw:],
                             lr_row=lr_row[start:stop], mask_rows=mask.shape[0], mask_w=mask.shape[1], mask=mask,
                             first=first[start:stop], n_pts=n, pts=pts)
 
-    _parallel(qh, run, rows_per_item=max(1, qw))
+    run(0, qh)  # one thread: a light pass (~1 ms per million level points) that the pool only slows down
     return pts.unsqueeze(0)
 
 

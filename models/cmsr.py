@@ -175,12 +175,22 @@ class LevelPoints:
 def level_points(cells: torch.Tensor, qh: int, qw: int) -> LevelPoints:
     """The rendered points of a qh x qw level whose LR cells ``cells`` (h, w, bool) are selected:
     level rows with the same LR row (``level_cells``) select the same columns."""
-    h, w = cells.shape
-    lr_row = level_cells(h, qh, cells.device)
-    mask = cells[:, level_cells(w, qw, cells.device)]
-    n_row = mask.sum(1)[lr_row]
-    ends = torch.cumsum(n_row, 0)
-    return LevelPoints(mask, lr_row, ends - n_row, int(ends[-1]))
+    return levels_points([(cells, qh, qw)])[0]
+
+
+def levels_points(levels: Sequence[tuple[torch.Tensor, int, int]]) -> list[LevelPoints]:
+    """:func:`level_points` of several levels (cells, qh, qw), their counts read together: one
+    wait for the device instead of one per level."""
+    parts = []
+    for cells, qh, qw in levels:
+        h, w = cells.shape
+        lr_row = level_cells(h, qh, cells.device)
+        mask = cells[:, level_cells(w, qw, cells.device)]
+        n_row = mask.sum(1)[lr_row]
+        ends = torch.cumsum(n_row, 0)
+        parts.append((mask, lr_row, ends - n_row, ends[-1]))
+    counts = torch.stack([p[3] for p in parts]).tolist() if parts else []
+    return [LevelPoints(mask, lr_row, first, int(n)) for (mask, lr_row, first, _), n in zip(parts, counts, strict=True)]
 
 
 def selects(mu: torch.Tensor, i: int, first: int, last: int, bounds: list[float]) -> torch.Tensor:
@@ -313,13 +323,11 @@ class CMSR:
         px = fast_render.cmsr_pixels(ret) if _fused(ret) else None  # the kernels' layout (h, w, 4)
         # a level point is rendered when its LR cell is selected: the choice is made on the LR
         # grid and spread to the level's points by their cells (integers, see level_cells)
-        levels = []  # (level, qh, qw, its points) of the levels that render some
-        for i in active:
-            qh, qw = int(h * decode_scales[i]), int(w * decode_scales[i])
-            sel = level_points(selects(mu, i, first, last, bounds), qh, qw)
-            cost += sel.count
-            if sel.count > 0:
-                levels.append((i, qh, qw, sel))
+        shapes = [(int(h * decode_scales[i]), int(w * decode_scales[i])) for i in active]
+        sels = levels_points([(selects(mu, i, first, last, bounds), qh, qw) for i, (qh, qw) in zip(active, shapes, strict=True)])
+        cost += sum(sel.count for sel in sels)
+        # (level, qh, qw, its points) of the levels that render some
+        levels = [(i, qh, qw, sel) for i, (qh, qw), sel in zip(active, shapes, sels, strict=True) if sel.count > 0]
         # the kernel path writes the levels alternately into two buffers, the finest level's size
         # and the next one's: fewer fresh pages to fault in than a new image per level
         sizes = sorted((qh * qw * 4 for _, qh, qw, _ in levels), reverse=True)

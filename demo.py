@@ -29,8 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-from utils.cli import (Parser, add_overwrite, add_precision, check_output, device_label, device_name,
-                       no_torch_message, output_path, parse_scale, pick_device, program, positive_int, run_main, scale_label)
+from utils.cli import (Parser, add_overwrite, add_precision, check_output, device_label, device_name, imports_done,
+                       no_torch_message, output_path, parse_scale, pick_device, positive_int, program, run_main,
+                       scale_label)
 from utils.errors import UserError
 from utils.images import IMAGE_EXTENSIONS
 from utils.profile import Profile, active, phase, process_start
@@ -177,6 +178,7 @@ def run_onnx(args: argparse.Namespace, inp_path: Path, out_path: Path) -> dict:
             raise UserError(f"--onnx cannot be combined with {flag} ({why[flag]})")
     from utils.onnx_runner import OnnxUpscaler, upscale_file
 
+    imports_done()  # no device to pick on this path (see utils.cli.program)
     runner = OnnxUpscaler(args.onnx, chunk=args.bsize)
     info: dict = {}
     t0 = time.perf_counter()

@@ -54,8 +54,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from utils.atomic import write_text_atomic
 from utils.cli import (Parser, ScaleHW, add_overwrite, add_precision, check_output, device_name, no_torch_message,
-                       non_negative_int, output_path, parse_scales, pick_device, program, positive_float, positive_int, run_main,
-                       scale_label)
+                       non_negative_int, output_path, parse_scales, pick_device, positive_float, positive_int, program,
+                       run_main, scale_label)
 from utils.errors import UserError
 from utils.profile import Profile, phase, process_start
 

@@ -86,46 +86,77 @@ def test_demo_profile_covers_every_part(tmp_path):
 _PROGRAM = """
 import gc, json, sys
 sys.path.insert(0, {root!r})
-from utils.cli import pick_device, program, run_main
+from utils.cli import imports_done, pick_device, program, run_main
 
 seen = {{}}
 
 def body():
     seen["before"] = (gc.isenabled(), gc.get_freeze_count())
-    pick_device("cpu")
+    {step}
     seen["after"] = (gc.isenabled(), gc.get_freeze_count())
 
 def main():
     return run_main(body, out_of_memory="oom", interrupted="int")
 
-code = 0
-try:
-    code = {runner}
-finally:
-    print(json.dumps(dict(seen, end=(gc.isenabled(), gc.get_freeze_count()), code=code)))
+if __name__ == "__main__":
+    code = 0
+    try:
+        code = {runner}
+    finally:
+        print(json.dumps(dict(seen, end=(gc.isenabled(), gc.get_freeze_count()), code=code)))
 """
 
 
-@pytest.mark.parametrize("runner", ["program(main)", "main()"])
-def test_a_program_pauses_the_collector_until_the_device_is_picked(runner):
-    """Run as a program, the collector is off during start-up and torch's objects are frozen once
-    the device is picked (the run and the exit no longer walk them); ``main()`` called as a
-    function (tests, a library) leaves the collector alone."""
-    script = _PROGRAM.format(root=str(ROOT), runner=runner)
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+def _run_program(tmp_path, runner="program(main)", step='pick_device("cpu")', host=None) -> dict:
+    """Run a small program as a script file (``python prog.py``), or inside ``host`` code that
+    runs it; its last output line: what the collector was doing."""
+    prog = tmp_path / "prog.py"
+    prog.write_text(_PROGRAM.format(root=str(ROOT), runner=runner, step=step))
+    cmd = [sys.executable, str(prog)] if host is None else [sys.executable, "-c", host.format(prog=str(prog))]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    seen = json.loads(r.stdout.strip().splitlines()[-1])
-    if runner == "program(main)":
-        assert seen["before"] == [False, 0]
-        assert seen["after"][0] is True and seen["after"][1] > 100_000  # torch's objects, frozen
-    else:
-        assert seen["before"] == [True, 0] and seen["after"] == [True, 0]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_a_program_pauses_the_collector_until_the_device_is_picked(tmp_path):
+    """Run as a program, the collector is off during start-up and torch's objects are frozen once
+    the device is picked (the run and the exit no longer walk them)."""
+    seen = _run_program(tmp_path)
+    assert seen["before"] == [False, 0]
+    assert seen["after"][0] is True and seen["after"][1] > 100_000  # torch's objects, frozen
     assert seen["end"][0] is True and seen["code"] == 0
 
 
-def test_a_program_that_fails_before_picking_a_device_resumes_the_collector():
-    script = _PROGRAM.format(root=str(ROOT), runner="program(main)").replace(
-        'pick_device("cpu")', 'raise KeyboardInterrupt')
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    seen = json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout.strip() else None
-    assert seen is not None and seen["end"][0] is True and seen["code"] == 130, (r.stdout, r.stderr)
+def test_main_called_as_a_function_leaves_the_collector_alone(tmp_path):
+    seen = _run_program(tmp_path, runner="main()")
+    assert seen["before"] == [True, 0] and seen["after"] == [True, 0] and seen["end"] == [True, 0]
+
+
+def test_a_program_without_a_device_resumes_the_collector_when_its_imports_are_done(tmp_path):
+    """The ONNX runner's path picks no device: it says when its imports are done."""
+    seen = _run_program(tmp_path, step="imports_done()")
+    assert seen["before"] == [False, 0] and seen["after"][0] is True and seen["after"][1] > 0
+
+
+def test_a_program_that_fails_before_picking_a_device_resumes_the_collector(tmp_path):
+    seen = _run_program(tmp_path, step="raise KeyboardInterrupt")
+    assert seen["end"][0] is True and seen["code"] == 130
+
+
+_HOST = """
+import gc, runpy, sys, weakref
+class Big: pass
+big = Big(); big.me = big; big.data = bytearray(10_000_000); ref = weakref.ref(big)
+gc.collect(); del big  # cyclic garbage the host has not collected yet
+sys.argv = ["prog.py"]
+runpy.run_path({prog!r}, run_name="__main__")
+gc.collect()
+assert ref() is None, "the host's garbage was frozen"
+"""
+
+
+def test_a_program_run_inside_another_process_leaves_its_collector_alone(tmp_path):
+    """``runpy`` / IPython's ``%run``: the host process's uncollected garbage must stay collectable
+    (freezing it would keep it for good)."""
+    seen = _run_program(tmp_path, host=_HOST)
+    assert seen["before"] == [True, 0] and seen["after"] == [True, 0]

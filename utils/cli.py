@@ -175,30 +175,45 @@ def add_precision(parser: argparse.ArgumentParser) -> None:
 
 
 # --- a program's start-up --------------------------------------------------------------------------
-_collector_paused = False  # by program(), until pick_device
+_collector_paused = False  # by program(), until imports_done()
 
 
 def program(main: Callable[[], int]) -> int:
-    """Run an entry script's ``main`` as a program (its ``if __name__ == "__main__"`` block, not a
-    test or a library calling ``main``): the cyclic garbage collector is paused until
-    :func:`pick_device`, which every program calls after its heavy imports (torch, the models),
-    and which then freezes (``gc.freeze``) the objects made so far and resumes the collector.
+    """Run an entry script's ``main`` as a program (its ``if __name__ == "__main__"`` block): in an
+    interpreter started to run that script, the cyclic garbage collector is paused until
+    :func:`imports_done`, which every program calls after its heavy imports (through
+    :func:`pick_device`; the ONNX runner itself), and which then freezes (``gc.freeze``) the
+    objects made so far and resumes the collector.
 
     Importing torch makes about a million objects that live as long as the process. Left to the
     collector, it walks them during the import, at every later full collection and again at the
     interpreter's exit: ~0.35 s of every run on the 2-core development CPU (docs/speed.md). What
     freezing costs: cyclic garbage made before the device is picked (the arguments, the config)
-    is kept until the process ends."""
+    is kept until the process ends. A script run inside another Python process (``runpy``,
+    IPython's ``%run``), or ``main`` called as a function (tests, a library), leaves the
+    collector alone: freezing would keep that process's garbage for good."""
     global _collector_paused
-    _collector_paused = gc.isenabled()
+    if not gc.isenabled() or not _started_for(getattr(sys.modules.get(main.__module__), "__file__", None)):
+        return main()
+    _collector_paused = True
     gc.disable()
     try:
         return main()
     finally:
-        _resume_collector()
+        imports_done()
 
 
-def _resume_collector() -> None:
+def _started_for(script: str | None) -> bool:
+    """Whether this interpreter was started to run ``script`` (``python [options] script ...``)."""
+    if not script:
+        return False
+    target = Path(script).resolve()
+    return any(not a.startswith("-") and Path(a).resolve() == target for a in getattr(sys, "orig_argv", [])[1:])
+
+
+def imports_done() -> None:
+    """A program's heavy imports are done: freeze what exists and resume the collector (see
+    :func:`program`; nothing otherwise)."""
     global _collector_paused
     if _collector_paused:
         _collector_paused = False
@@ -218,7 +233,7 @@ def pick_device(name: str, local_rank: int | None = None, flag: str = "--device"
     """
     import torch
 
-    _resume_collector()  # a program's heavy imports are done (see program)
+    imports_done()  # a program's heavy imports are done (see program)
     asked = name
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

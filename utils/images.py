@@ -468,11 +468,13 @@ _workers_lock = threading.Lock()
 
 
 def _png_workers() -> ThreadPoolExecutor:
-    """The PNG compression threads (one per core, at most 4; made again in a forked child)."""
+    """The PNG compression threads (one per core this process may run on, at most 4; made again
+    in a forked child)."""
     global _workers, _workers_pid
     with _workers_lock:
         if _workers is None or _workers_pid != os.getpid():
-            _workers = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="lmf-png")
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            _workers = ThreadPoolExecutor(max(1, min(4, cores)), thread_name_prefix="lmf-png")
             _workers_pid = os.getpid()
         return _workers
 

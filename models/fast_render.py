@@ -502,10 +502,10 @@ def cmsr_merge(prev: torch.Tensor, grid: torch.Tensor, lr_row: torch.Tensor, mas
 
 @torch.no_grad()
 def cmsr_points(grid: torch.Tensor, lr_row: torch.Tensor, mask: torch.Tensor, first: torch.Tensor,
-                n: int, out: torch.Tensor | None = None) -> torch.Tensor:
+                n: int) -> torch.Tensor:
     """The (row, col) coordinates (1, n, 2) of the ``n`` points of a CMSR level that ``mask``
     marks (arguments as in :func:`cmsr_merge`), row-major: the level grid at ``nonzero`` of the
-    full-size mask, without making it. ``out``: a contiguous float32 (n, 2) to write them into."""
+    full-size mask, without making it."""
     lib = library()
     assert lib is not None
     g = grid.detach()[0].float().contiguous()
@@ -513,9 +513,7 @@ def cmsr_points(grid: torch.Tensor, lr_row: torch.Tensor, mask: torch.Tensor, fi
     gx, gy = g[0].view(-1), g[1].view(-1)
     mask = mask.detach().float().contiguous()
     lr_row, first = lr_row.to(torch.int64).contiguous(), first.to(torch.int64).contiguous()
-    pts = g.new_empty(n, 2) if out is None else out
-    if pts.shape != (n, 2) or not pts.is_contiguous() or pts.dtype != torch.float32:
-        raise ValueError("cmsr_points: out must be a contiguous float32 (n, 2) tensor")
+    pts = g.new_empty(n, 2)
 
     def run(start: int, stop: int) -> None:
         lib.lmf_cmsr_points(n_rows=stop - start, qw=qw, gx=gx[start * qw:], gy=gy[start * qw:],

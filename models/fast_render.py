@@ -478,12 +478,8 @@ def cmsr_merge(prev: torch.Tensor, grid: torch.Tensor, lr_row: torch.Tensor, mas
     lib = library()
     assert lib is not None
     prev = prev.detach().contiguous()
-    g = grid.detach()[0].float().contiguous()
-    qh, qw = g.shape[1:]
-    gx, gy = g[0].view(-1), g[1].view(-1)
-    mask = mask.detach().float().contiguous()
+    qh, qw, gx, gy, lr_row, mask, first = _level_inputs(grid, lr_row, mask, first)
     pred = pred.detach().float().contiguous()
-    lr_row, first = lr_row.to(torch.int64).contiguous(), first.to(torch.int64).contiguous()
     if out is None:
         out = prev.new_empty(qh, qw, 4)
     else:
@@ -508,20 +504,21 @@ def cmsr_points(grid: torch.Tensor, lr_row: torch.Tensor, mask: torch.Tensor, fi
     full-size mask, without making it."""
     lib = library()
     assert lib is not None
+    qh, qw, gx, gy, lr_row, mask, first = _level_inputs(grid, lr_row, mask, first)
+    pts = gx.new_empty(n, 2)
+    # one thread: a light pass (~1 ms per million level points) that the pool only slows down
+    lib.lmf_cmsr_points(n_rows=qh, qw=qw, gx=gx, gy=gy, lr_row=lr_row, mask_rows=mask.shape[0], mask_w=mask.shape[1],
+                        mask=mask, first=first, n_pts=n, pts=pts)
+    return pts.unsqueeze(0)
+
+
+def _level_inputs(grid: torch.Tensor, lr_row: torch.Tensor, mask: torch.Tensor, first: torch.Tensor) -> tuple:
+    """A level's arguments as the kernels read them: (qh, qw, the grid's x and y planes flat,
+    lr_row, mask as float32, first), contiguous."""
     g = grid.detach()[0].float().contiguous()
     qh, qw = g.shape[1:]
-    gx, gy = g[0].view(-1), g[1].view(-1)
-    mask = mask.detach().float().contiguous()
-    lr_row, first = lr_row.to(torch.int64).contiguous(), first.to(torch.int64).contiguous()
-    pts = g.new_empty(n, 2)
-
-    def run(start: int, stop: int) -> None:
-        lib.lmf_cmsr_points(n_rows=stop - start, qw=qw, gx=gx[start * qw:], gy=gy[start * qw:],
-                            lr_row=lr_row[start:stop], mask_rows=mask.shape[0], mask_w=mask.shape[1], mask=mask,
-                            first=first[start:stop], n_pts=n, pts=pts)
-
-    run(0, qh)  # one thread: a light pass (~1 ms per million level points) that the pool only slows down
-    return pts.unsqueeze(0)
+    return (qh, qw, g[0].view(-1), g[1].view(-1), lr_row.to(torch.int64).contiguous(),
+            mask.detach().float().contiguous(), first.to(torch.int64).contiguous())
 
 
 def cmsr_axis(coords: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:

@@ -442,11 +442,6 @@ def cmsr_pixels(img: torch.Tensor) -> torch.Tensor:
     return px
 
 
-def cmsr_image(px: torch.Tensor) -> torch.Tensor:
-    """The kernels' layout (h, w, 4) -> (1, 3, h, w) (a view)."""
-    return px[..., :3].permute(2, 0, 1).unsqueeze(0)
-
-
 @torch.no_grad()
 def cmsr_sample(px: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
     """``query.sample_bilinear`` of one image in the kernels' layout ``px`` (ih, iw, 4) at coord
